@@ -1,0 +1,217 @@
+"""HTTP/1.1 on each accepted connection (h11), handing WebSocket upgrades of ``/ws`` over.
+
+After the 101 response the h11 machinery is dropped: the WebSocket side needs only wsproto's
+frame parser, which keeps per-connection memory small.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+
+from engine.gateway.conn import WsConn
+from engine.gateway.ws_session import Session
+
+if TYPE_CHECKING:
+    from engine.gateway.app import Gateway
+
+log = logging.getLogger("danmaku.http")
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_BODY_BYTES = 64 * 1024
+IDLE_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def websocket_accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest()).decode()
+
+
+def _is_upgrade(req: Request) -> bool:
+    return (
+        req.headers.get("upgrade", "").lower() == "websocket"
+        and "upgrade" in req.headers.get("connection", "").lower()
+    )
+
+
+async def serve_connection(gw: Gateway, stream: trio.abc.Stream) -> None:
+    """Serve one accepted connection until it closes or upgrades."""
+    from engine.gateway.http_api import route
+
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+    try:
+        while True:
+            req = await _read_request(conn, stream)
+            if req is None:
+                return
+            if req.path == "/ws" and req.method == "GET":
+                await _upgrade(gw, conn, stream, req)
+                return
+            resp = await route(gw, req)
+            await _send_response(conn, stream, resp)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Request | None:
+    req: h11.Request | None = None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            await _send_plain_error(conn, stream, 400, "malformed request")
+            return None
+        if event is h11.NEED_DATA:
+            with trio.move_on_after(IDLE_TIMEOUT_S) as scope:
+                data = await stream.receive_some(65536)
+            if scope.cancelled_caught:
+                return None
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.Request):
+            req = event
+            if _upgrade_headers(event):
+                break
+            continue
+        if isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > MAX_BODY_BYTES:
+                await _send_plain_error(conn, stream, 413, "body too large")
+                return None
+            chunks.append(event.data)
+            continue
+        if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+            break
+        return None  # ConnectionClosed and the rest
+    if req is None:
+        return None
+    target = req.target.decode("latin-1")
+    parts = urlsplit(target)
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
+    return Request(
+        method=req.method.decode("ascii", "replace"),
+        path=parts.path,
+        query=parse_qs(parts.query),
+        headers=headers,
+        body=b"".join(chunks),
+    )
+
+
+def _upgrade_headers(event: h11.Request) -> bool:
+    return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in event.headers)
+
+
+async def _upgrade(
+    gw: Gateway, conn: h11.Connection, stream: trio.abc.Stream, req: Request
+) -> None:
+    key = req.headers.get("sec-websocket-key", "")
+    if not _is_upgrade(req) or not key or req.headers.get("sec-websocket-version") != "13":
+        await _send_plain_error(conn, stream, 400, "a WebSocket upgrade is expected at /ws")
+        return
+    origin_ok = gw.origin_allowed(req.headers.get("origin"))
+    if not origin_ok:
+        await _send_plain_error(conn, stream, 403, "origin not allowed")
+        return
+    trailing, _closed = conn.trailing_data
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + websocket_accept(key).encode() + b"\r\n\r\n"
+    )
+    assert gw.nursery is not None
+    ws = WsConn(
+        stream,
+        gw.nursery,
+        max_message_bytes=gw.settings.max_frame_bytes,
+        max_pending_bytes=gw.settings.max_pending_bytes,
+        trailing_data=trailing,
+    )
+    del conn
+    await Session(gw, ws).run()
+
+
+async def _send_response(conn: h11.Connection, stream: trio.abc.Stream, resp: Response) -> None:
+    headers = [
+        ("content-type", resp.content_type),
+        ("content-length", str(len(resp.body))),
+        ("cache-control", "no-store"),
+        *resp.headers,
+    ]
+    data = conn.send(h11.Response(status_code=resp.status, headers=headers))
+    body = conn.send(h11.Data(data=resp.body)) if resp.body else b""
+    end = conn.send(h11.EndOfMessage())
+    await stream.send_all((data or b"") + (body or b"") + (end or b""))
+
+
+async def _send_plain_error(
+    conn: h11.Connection, stream: trio.abc.Stream, status: int, message: str
+) -> None:
+    from engine.gateway.http_api import error_response
+
+    if conn.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
+        return
+    with contextlib.suppress(h11.LocalProtocolError):
+        await _send_response(conn, stream, error_response(status, "bad_request", message))
+
+
+async def serve_listeners(
+    gw: Gateway,
+    listeners: list[trio.SocketListener],
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    sndbuf = gw.settings.socket_sndbuf_bytes
+
+    async def handler(stream: trio.SocketStream) -> None:
+        if sndbuf:  # caps the kernel's memory per viewer; 0 leaves the kernel's autotuning
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        await serve_connection(gw, stream)
+
+    await trio.serve_listeners(handler, listeners, task_status=task_status)
+
+
+def query_int(req: Request, name: str, default: int, lo: int, hi: int) -> int | None:
+    """An integer query parameter within [lo, hi]; None when present but invalid."""
+    values = req.query.get(name)
+    if not values:
+        return default
+    try:
+        value = int(values[0])
+    except ValueError:
+        return None
+    return value if lo <= value <= hi else None

@@ -1,0 +1,120 @@
+"""The records that cross Redis between gateways and room workers (sans-IO).
+
+Ingress entry (XADD to ``{in:<p>}`` on the room's shard), flat fields::
+
+    r room   u user   n display name   o role   c cmid   k kind   b body JSON
+    g gateway node    s session id     t gateway receive time (ms)
+
+Reply (PUBLISH on ``danmaku:gw:<node>``): a JSON list of objects, each either an ack
+``{"s":sid,"r":room,"c":cmid,"q":seq,"ts":ms}`` or a nack
+``{"s":sid,"r":room,"c":cmid,"code":..,"msg":..,"ra":retry_after_ms}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class IngressMessage:
+    room: str
+    user: str
+    name: str
+    role: str
+    cmid: str
+    kind: str
+    body: bytes
+    gateway: str
+    session: str
+    received_ms: int
+
+    def fields(self) -> list[bytes | str | int]:
+        return [
+            "r", self.room, "u", self.user, "n", self.name, "o", self.role, "c", self.cmid,
+            "k", self.kind, "b", self.body, "g", self.gateway, "s", self.session,
+            "t", self.received_ms,
+        ]
+
+
+def parse_ingress(fields: Sequence[bytes]) -> IngressMessage | None:
+    """Decode an XREADGROUP entry's flat field list; None when it is not a well-formed entry."""
+    try:
+        data = {fields[i]: fields[i + 1] for i in range(0, len(fields) - 1, 2)}
+        return IngressMessage(
+            room=data[b"r"].decode(),
+            user=data[b"u"].decode(),
+            name=data[b"n"].decode(),
+            role=data[b"o"].decode(),
+            cmid=data[b"c"].decode(),
+            kind=data[b"k"].decode(),
+            body=data[b"b"],
+            gateway=data[b"g"].decode(),
+            session=data[b"s"].decode(),
+            received_ms=int(data[b"t"]),
+        )
+    except (KeyError, ValueError, UnicodeDecodeError, IndexError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    session: str
+    room: str
+    cmid: str
+    seq: int = 0
+    ts: int = 0
+    code: str = ""
+    message: str = ""
+    retry_after_ms: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.code
+
+
+def encode_replies(replies: Sequence[Reply]) -> bytes:
+    out: list[dict[str, Any]] = []
+    for r in replies:
+        if r.ok:
+            out.append({"s": r.session, "r": r.room, "c": r.cmid, "q": r.seq, "ts": r.ts})
+        else:
+            item: dict[str, Any] = {
+                "s": r.session, "r": r.room, "c": r.cmid, "code": r.code, "msg": r.message
+            }
+            if r.retry_after_ms is not None:
+                item["ra"] = r.retry_after_ms
+            out.append(item)
+    return orjson.dumps(out)
+
+
+def decode_replies(payload: bytes) -> list[Reply]:
+    try:
+        items = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return []
+    out: list[Reply] = []
+    if not isinstance(items, list):
+        return out
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        try:
+            out.append(
+                Reply(
+                    session=str(item["s"]),
+                    room=str(item["r"]),
+                    cmid=str(item["c"]),
+                    seq=int(item.get("q", 0)),
+                    ts=int(item.get("ts", 0)),
+                    code=str(item.get("code", "")),
+                    message=str(item.get("msg", "")),
+                    retry_after_ms=item.get("ra"),
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out

@@ -1,0 +1,120 @@
+"""Process bodies: the gateway, the worker, and the all-in-one embedded engine."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import trio
+
+from engine import protocol as p
+from engine.config import Settings, new_node_id, resolve_secret
+from engine.gateway.app import Gateway
+from engine.gateway.http_server import serve_listeners
+from engine.redis import ShardSet
+from rooms.worker import RoomWorker
+
+log = logging.getLogger("danmaku")
+
+
+def make_shards(settings: Settings) -> ShardSet:
+    return ShardSet(list(settings.redis.urls), cluster=settings.redis.cluster)
+
+
+@asynccontextmanager
+async def open_gateway(
+    settings: Settings, shards: ShardSet, *, secret: str
+) -> AsyncIterator[tuple[Gateway, list[trio.SocketListener]]]:
+    """A running gateway with its listener bound (port 0 picks a free port)."""
+    gs = settings.gateway
+    listeners = await trio.open_tcp_listeners(gs.port, host=gs.host, backlog=4096)
+    port = listeners[0].socket.getsockname()[1]
+    gs = replace(gs, port=port, node_id=gs.node_id or new_node_id("gw"))
+    gw = Gateway(gs, settings.redis, shards, secret=secret, node_id=gs.node_id)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gw.run)
+        await nursery.start(serve_listeners, gw, listeners)
+        try:
+            yield gw, listeners
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                await shutdown_sessions(gw)
+            nursery.cancel_scope.cancel()
+
+
+async def shutdown_sessions(gw: Gateway, *, grace_s: float = 2.0) -> None:
+    """Close every WebSocket with 1001 so clients reconnect with backoff and resume."""
+    for session in list(gw.sessions.values()):
+        session.conn.start_close(p.CLOSE_GOING_AWAY, "server going away")
+    with trio.move_on_after(grace_s):
+        for session in list(gw.sessions.values()):
+            await session.done.wait()
+
+
+@asynccontextmanager
+async def open_worker(settings: Settings, shards: ShardSet) -> AsyncIterator[RoomWorker]:
+    ws = replace(settings.worker, node_id=settings.worker.node_id or new_node_id("wk"))
+    worker = RoomWorker(
+        shards, settings.redis, ws, max_text_chars=settings.gateway.max_text_chars
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        try:
+            yield worker
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def until_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            return
+
+
+async def run_gateway_process(settings: Settings) -> None:
+    secret = resolve_secret(settings)
+    async with make_shards(settings) as shards, open_gateway(settings, shards, secret=secret) as (
+        gw,
+        _listeners,
+    ):
+        print(f"danmaku gateway {gw.node_id} on http://{gw.settings.host}:{gw.settings.port}/"
+              f" (WebSocket {gw.public_ws_url()})", flush=True)
+        await until_signal()
+
+
+async def run_worker_process(settings: Settings) -> None:
+    async with make_shards(settings) as shards, open_worker(settings, shards) as worker:
+        print(f"danmaku worker {worker.node_id} on {', '.join(settings.redis.urls)}", flush=True)
+        await until_signal()
+
+
+async def run_embedded(settings: Settings) -> None:
+    """``danmaku up``: a private redis-server child, a gateway and a worker in one process."""
+    from pathlib import Path
+
+    from engine.embedded_redis import RedisProcess
+
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = resolve_secret(settings)
+    redis = RedisProcess(data_dir / "redis", appendonly=True)
+    async with redis.running():
+        redis_settings = replace(settings.redis, urls=(redis.url,), cluster=False)
+        settings = replace(settings, redis=redis_settings)
+        async with make_shards(settings) as shards, open_worker(settings, shards), open_gateway(
+            settings, shards, secret=secret
+        ) as (gw, _listeners):
+            base = f"http://{gw.settings.host}:{gw.settings.port}"
+            print(
+                f"danmaku up: data in {data_dir.resolve()}\n"
+                f"  WebSocket  {gw.public_ws_url()}\n"
+                f"  HTTP API   {base}/v1/dispatch  {base}/healthz  {base}/metrics\n"
+                f"  Redis      {redis.url} (private child)\n"
+                f"Try: danmaku token --user alice --data-dir {settings.data_dir}",
+                flush=True,
+            )
+            await until_signal()

@@ -1,0 +1,176 @@
+"""End to end over real sockets and real redis-server processes: the live-room contract."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.stack import running_stack
+from tests.wsclient import check_contiguous, collect_batches, connect
+
+pytestmark = pytest.mark.redis
+
+
+async def test_two_gateways_two_workers_two_shards(redis_urls2: list[str]) -> None:
+    with trio.fail_after(30):
+        async with running_stack(redis_urls2, gateways=2, workers=2) as st:
+            # Rooms that spread over both shards (the hash depends on the shards' names).
+            by_shard: dict[int, list[str]] = {0: [], 1: []}
+            for i in range(64):
+                by_shard[st.gateways[0].shards.index_for(f"room-{i}")].append(f"room-{i}")
+            rooms = by_shard[0][:2] + by_shard[1][:2]
+            async with connect(st.ws_url(0), st.token("v1")) as v1, connect(
+                st.ws_url(1), st.token("v2")
+            ) as v2, connect(st.ws_url(1), st.token("sender")) as sender:
+                for room in rooms:
+                    j1 = await v1.join(room)
+                    j2 = await v2.join(room)
+                    assert j1["seq"] == j2["seq"] == 0
+                    assert j1["epoch"] == j2["epoch"]
+                    assert j2["online"] == 2  # one viewer on each gateway
+                    await sender.join(room)
+                n = 40
+                for i in range(n):
+                    for room in rooms:
+                        await sender.send_text(room, f"{room} {i}")
+                for room in rooms:
+                    for viewer in (v1, v2):
+                        batches = await collect_batches(viewer, room, n)
+                        seqs = check_contiguous(batches, 1)
+                        assert seqs == list(range(1, n + 1))
+                        texts = [m["body"]["text"] for b in batches for m in b["msgs"]]
+                        assert texts == [f"{room} {i}" for i in range(n)]
+
+
+async def test_ack_carries_the_delivered_seq_and_fields(redis_url: str) -> None:
+    with trio.fail_after(20):
+        async with running_stack([redis_url]) as st, connect(
+            st.ws_url(), st.token("alice", name="Alice")
+        ) as c:
+            await c.join("r1")
+            cmid = await c.send_text("r1", "hi", body={"mode": "top", "color": "#FF0000",
+                                                       "offset_ms": 1234})
+            ack = await c.acked(cmid)
+            assert ack["op"] == "ack" and ack["seq"] == 1 and ack["room"] == "r1"
+            batch = await c.expect("batch")
+            (m,) = batch["msgs"]
+            assert m["seq"] == 1 and m["user"] == "alice" and m["name"] == "Alice"
+            assert m["kind"] == "danmaku" and m["ts"] == ack["ts"]
+            assert m["body"] == {"text": "hi", "mode": "top", "color": "#ff0000",
+                                 "offset_ms": 1234}
+            assert set(m) == {"seq", "id", "user", "name", "ts", "kind", "body"}
+
+
+async def test_resend_same_cmid_same_seq_delivered_once(redis_url: str) -> None:
+    with trio.fail_after(20):
+        async with running_stack([redis_url]) as st, connect(
+            st.ws_url(), st.token("alice")
+        ) as c, connect(st.ws_url(), None) as viewer:
+            await c.join("r")
+            await viewer.join("r")
+            first = await c.acked(await c.send_text("r", "once", cmid="dup-1"))
+            again = await c.acked(await c.send_text("r", "once", cmid="dup-1"))
+            assert first["seq"] == again["seq"] == 1
+            after = await c.acked(await c.send_text("r", "next"))
+            assert after["seq"] == 2
+            batches = await collect_batches(viewer, "r", 2)
+            assert check_contiguous(batches, 1) == [1, 2]
+
+
+async def test_bad_input_answers_and_connection_stays_usable(redis_url: str) -> None:
+    with trio.fail_after(20):
+        async with running_stack([redis_url]) as st, connect(st.ws_url(), st.token("u")) as c:
+            cmid = await c.send_text("r", "early")
+            nack = await c.acked(cmid)
+            assert nack["op"] == "nack" and nack["code"] == "not_joined"
+            await c.send("{not json")
+            assert (await c.expect("error"))["code"] == "bad_request"
+            await c.send({"op": "dance"})
+            assert (await c.expect("error"))["code"] == "unknown_op"
+            await c.send("x" * 10_000)
+            assert (await c.expect("error"))["code"] == "too_large"
+            await c.send({"op": "join", "room": "bad room!"})
+            assert (await c.expect("error"))["code"] == "bad_request"
+            await c.join("r")
+            long = await c.acked(await c.send_text("r", "y" * 500))
+            assert long["op"] == "nack" and long["code"] == "too_long"
+            await c.send({"op": "ping", "t": 42})
+            pong = await c.expect("pong")
+            assert pong["t"] == 42
+            ok = await c.acked(await c.send_text("r", "still fine"))
+            assert ok["op"] == "ack" and ok["seq"] == 1
+
+
+async def test_guest_cannot_send_and_bad_token_is_closed(redis_url: str) -> None:
+    with trio.fail_after(20):
+        async with running_stack([redis_url]) as st:
+            async with connect(st.ws_url(), None) as guest:
+                await guest.join("r")
+                nack = await guest.acked(await guest.send_text("r", "hi"))
+                assert nack["code"] == "unauthorized"
+            async with connect(st.ws_url(), hello=False) as bad:
+                await bad.send({"op": "hello", "token": "not-a-token"})
+                err = await bad.expect("error")
+                assert err["code"] == "unauthorized"
+                assert await bad.close_code() == 4001
+            forged = st.token("mallory")[:-4] + "AAAA"
+            async with connect(st.ws_url(), hello=False) as bad:
+                await bad.send({"op": "hello", "token": forged})
+                assert (await bad.expect("error"))["code"] == "unauthorized"
+                assert await bad.close_code() == 4001
+
+
+async def test_gift_needs_streamer_role(redis_url: str) -> None:
+    with trio.fail_after(20):
+        async with running_stack([redis_url]) as st, connect(
+            st.ws_url(), st.token("fan")
+        ) as fan, connect(st.ws_url(), st.token("host", role="streamer")) as host:
+            await fan.join("r")
+            await host.join("r")
+            nack = await fan.acked(await fan.send_text("r", "gift!", kind="gift"))
+            assert nack["op"] == "nack" and nack["code"] == "unauthorized"
+            ack = await host.acked(await host.send_text("r", "thanks", kind="gift"))
+            assert ack["op"] == "ack"
+
+
+async def test_resume_with_since_gets_exactly_the_missed(redis_url: str) -> None:
+    with trio.fail_after(30):
+        async with running_stack([redis_url]) as st, connect(
+            st.ws_url(), st.token("s")
+        ) as sender:
+            await sender.join("r")
+            async with connect(st.ws_url(), None) as viewer:
+                joined = await viewer.join("r")
+                for i in range(5):
+                    await sender.acked(await sender.send_text("r", f"m{i}"))
+                check_contiguous(await collect_batches(viewer, "r", 5), 1)
+            for i in range(5, 12):
+                await sender.acked(await sender.send_text("r", f"m{i}"))
+            async with connect(st.ws_url(), None) as viewer:
+                rejoin = await viewer.join("r", since={"epoch": joined["epoch"], "seq": 5})
+                assert rejoin["seq"] == 12
+                batches = await collect_batches(viewer, "r", 12)
+                assert check_contiguous(batches, 6) == list(range(6, 13))
+                await sender.acked(await sender.send_text("r", "live"))
+                live = await collect_batches(viewer, "r", 13, after=12)
+                assert check_contiguous(live, 13) == [13]
+            async with connect(st.ws_url(), None) as viewer:
+                await viewer.send({"op": "join", "room": "r",
+                                   "since": {"epoch": "other", "seq": 3}})
+                await viewer.expect("joined")
+                reset = await viewer.expect("reset")
+                assert reset["reason"] == "epoch_changed" and reset["seq"] == 13
+                assert reset["epoch"] == joined["epoch"]
+
+
+async def test_online_drops_when_viewers_leave(redis_url: str) -> None:
+    with trio.fail_after(20):
+        async with running_stack([redis_url]) as st, connect(st.ws_url(), None) as a, connect(
+            st.ws_url(), None
+        ) as b, connect(st.ws_url(), None) as c:
+            await a.join("r")
+            assert (await b.join("r"))["online"] == 2
+            await b.send({"op": "leave", "room": "r"})
+            assert (await b.expect("left"))["room"] == "r"
+            assert (await c.join("r"))["online"] == 2
+            assert (await b.join("r"))["online"] == 3
