@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(_run(args))
+        return _run(args)
     except DanmakuError as exc:
         print(f"danmaku: {exc}", file=sys.stderr)
         return 2

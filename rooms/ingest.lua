@@ -10,10 +10,12 @@
 -- ARGV[3]  new epoch (used only when the room has none)
 -- ARGV[4]  message id            ARGV[5]  message JSON after the ts field, e.g. ',"user":..}'
 -- ARGV[6]  hot buffer length     ARGV[7]  dedupe TTL in seconds
--- ARGV[8]  seq floor: re-seed the counter above it when the epoch is new (archive's highest seq)
+-- ARGV[8]  seq floor: where a missing counter restarts (the archive's highest seq of the room);
+--          "-1" means "not looked up": when the counter is missing the script then writes
+--          nothing and returns {-1}, and the caller looks the floor up and calls again
 -- ARGV[9]  extra archive fields (JSON object text, e.g. gateway receive time and node)
 --
--- Returns {is_new (1/0), seq, ts, epoch, id}. A resend of the same (user, cmid) returns the seq,
+-- Returns {is_new (1/0, or -1: floor needed), seq, ts, epoch, id}. A resend of the same (user, cmid) returns the seq,
 -- ts and id of the first call and writes nothing, so a retried message is never delivered twice.
 local prev = redis.call('GET', KEYS[5])
 local epoch = redis.call('GET', KEYS[2])
@@ -21,15 +23,22 @@ if prev then
   local seq, ts, id = string.match(prev, '^(%d+) (%d+) (%S+)$')
   return {0, tonumber(seq), tonumber(ts), epoch or '', id}
 end
+if not redis.call('GET', KEYS[1]) then
+  -- A new room, or one whose counter was lost: continue above the archive's highest seq.
+  if ARGV[8] == '-1' then
+    return {-1, 0, 0, '', ''}
+  end
+  local floor = tonumber(ARGV[8])
+  local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+  if top then
+    floor = math.max(floor, tonumber(string.match(top[1], '^(%d+)')))
+  end
+  redis.call('SET', KEYS[1], floor)
+end
 if not epoch then
   epoch = ARGV[3]
   redis.call('SET', KEYS[2], epoch)
   redis.call('DEL', KEYS[3])
-  local floor = tonumber(ARGV[8])
-  local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if floor > current then
-    redis.call('SET', KEYS[1], floor)
-  end
 end
 local seq = redis.call('INCR', KEYS[1])
 local t = redis.call('TIME')

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class RoomWorker:
         self.node_id = settings.node_id or f"worker-{os.getpid()}-{secrets.token_hex(3)}"
         self.processed = 0
         self.sequenced = 0
+        # Set by the archive integration: the archive's highest seq of a room.
+        self.floor_source: Callable[[str], Awaitable[int]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -136,7 +138,13 @@ class RoomWorker:
                 )
                 continue
             calls.append((msg, *self._script_call(msg)))
-        for (msg, _k, _a), result in zip(calls, await self._run_calls(client, calls), strict=True):
+        results = await self._run_calls(client, calls)
+        for i, ((msg, k, a), result) in enumerate(zip(calls, results, strict=True)):
+            if not isinstance(result, Exception) and int(result[0]) == -1:
+                # A room without an epoch (new, or its counter was lost): seed it above the
+                # archive's highest seq so a seq is never reused, then sequence again.
+                a[7] = await self.seq_floor(msg.room)
+                results[i] = result = (await self._run_calls(client, [(msg, k, a)]))[0]
             if isinstance(result, Exception):
                 log.error("ingest of %s/%s failed: %s", msg.room, msg.cmid, result)
                 replies[msg.gateway].append(
@@ -156,6 +164,12 @@ class RoomWorker:
         await client.pipeline(commands)
         self.processed += len(ids)
 
+    async def seq_floor(self, room: str) -> int:
+        """The highest seq of ``room`` known outside Redis (the archive); 0 without one."""
+        if self.floor_source is None:
+            return 0
+        return await self.floor_source(room)
+
     def _script_call(self, msg: IngressMessage) -> tuple[list[Any], list[Any]]:
         room = msg.room
         keys_ = [
@@ -165,7 +179,7 @@ class RoomWorker:
         ]
         args = [
             room, keys.room_channel(room), secrets.token_hex(6), secrets.token_hex(8),
-            message_tail(msg), self._redis.hot_buffer_len, self._redis.dedupe_ttl_s, 0,
+            message_tail(msg), self._redis.hot_buffer_len, self._redis.dedupe_ttl_s, -1,
             orjson.dumps({"rt": msg.received_ms, "gw": msg.gateway}),
         ]
         return keys_, args

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import itertools
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from engine.client import (
     Ack,
@@ -16,16 +22,19 @@ from engine.client import (
     Joined,
     Kicked,
     Message,
+    Nacked,
     Reconnected,
     Since,
     Unauthorized,
 )
+from engine.client._connection import backoff_delay
+from engine.client._state import ClientConfig, ClientState
 from engine.runner import make_shards, open_worker
 from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.redis
 
-FAST = {"backoff_base_s": 0.05, "backoff_max_s": 0.2, "connect_timeout_s": 5.0}
+FAST: dict[str, Any] = {"backoff_base_s": 0.05, "backoff_max_s": 0.2, "connect_timeout_s": 5.0}
 
 
 async def collect(
@@ -275,3 +284,196 @@ async def test_kicked_client_does_not_reconnect(redis_url: str) -> None:
             with pytest.raises(Kicked):
                 await client.send("r", "still there?")
             assert client.stats.reconnects == 0
+
+
+async def test_nacks_raise_with_their_code(redis_url: str) -> None:
+    with trio.fail_after(20):
+        async with running_stack([redis_url]) as st, DanmakuClient(
+            st.ws_url(), token=st.token("carol"), **FAST
+        ) as client, DanmakuClient(st.ws_url(), **FAST) as guest:
+            with pytest.raises(Nacked) as not_joined:
+                await client.send("elsewhere", "hi")
+            assert not_joined.value.code == "not_joined"
+            await guest.join("r")
+            with pytest.raises(Nacked) as unauthorized:
+                await guest.send("r", "hi")
+            assert unauthorized.value.code == "unauthorized"
+            assert guest.guest is True
+
+
+async def test_heartbeats_keep_an_idle_connection_open(redis_url: str) -> None:
+    with trio.fail_after(20):
+        async with running_stack([redis_url], gateway={"heartbeat_ms": 200}) as st, DanmakuClient(
+            st.ws_url(), token=st.token("idle"), **FAST
+        ) as client:
+            assert client.heartbeat_ms == 200
+            await client.join("r")
+            assert isinstance(await client.events().receive(), Joined)
+            # Idle for 5 x the server's 2.5 x heartbeat_ms silence limit: no event may come.
+            with trio.move_on_after(2.5):
+                ev = await client.events().receive()
+                pytest.fail(f"unexpected event on an idle connection: {ev}")
+            assert client.connected
+            assert client.stats.reconnects == 0
+
+
+# -- against a scripted server: what the engine does not do on demand ---------------------------
+Script = Callable[[WebSocketConnection, int, list[str]], Awaitable[None]]
+
+
+@dataclass
+class Scripted:
+    url: str
+    seen: list[list[str]]  # the raw frames received, per connection
+
+
+@asynccontextmanager
+async def scripted_server(script: Script) -> AsyncIterator[Scripted]:
+    """A WebSocket server running `script(ws, connection_number, frames_seen)` per connection,
+    then recording whatever else the client sends."""
+    seen: list[list[str]] = []
+    numbers = itertools.count()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        frames: list[str] = []
+        seen.append(frames)
+        try:
+            await script(ws, next(numbers), frames)
+            while True:  # record the rest until the client goes
+                frames.append(str(await ws.get_message()))
+        except ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        yield Scripted(f"ws://127.0.0.1:{server.port}/ws", seen)
+        nursery.cancel_scope.cancel()
+
+
+async def recv(ws: WebSocketConnection, frames: list[str]) -> dict[str, Any]:
+    raw = str(await ws.get_message())
+    frames.append(raw)
+    return orjson.loads(raw)  # type: ignore[no-any-return]
+
+
+async def emit(ws: WebSocketConnection, *objs: dict[str, Any]) -> None:
+    for obj in objs:
+        await ws.send_message(orjson.dumps(obj).decode())
+
+
+def s_welcome(session: str) -> dict[str, Any]:
+    return {"op": "welcome", "session": session, "user": "u1", "guest": False,
+            "heartbeat_ms": 30000, "max_frame_bytes": 4096}
+
+
+def s_joined(epoch: str, seq: int) -> dict[str, Any]:
+    return {"op": "joined", "room": "r", "epoch": epoch, "seq": seq, "online": 1}
+
+
+def s_batch(a: int, b: int, epoch: str = "e1") -> dict[str, Any]:
+    msgs = [{"seq": i, "id": f"m{i}", "user": "u2", "name": "U2", "ts": i, "kind": "danmaku",
+             "body": {"text": f"t{i}"}} for i in range(a, b + 1)]
+    return {"op": "batch", "room": "r", "epoch": epoch, "from": a, "to": b, "msgs": msgs}
+
+
+async def test_hole_triggers_a_join_with_since_on_the_live_connection() -> None:
+    async def script(ws: WebSocketConnection, n: int, frames: list[str]) -> None:
+        await recv(ws, frames)
+        await emit(ws, s_welcome("s0"))
+        await recv(ws, frames)
+        await emit(ws, s_joined("e1", 0), s_batch(1, 2), s_batch(5, 6))  # 3..4 lost
+        await recv(ws, frames)  # the re-join
+        await emit(ws, s_joined("e1", 6), s_batch(3, 6), s_batch(1, 2), s_batch(7, 7))
+
+    with trio.fail_after(10):
+        async with scripted_server(script) as server:
+            async with DanmakuClient(server.url, token="t", **FAST) as client:
+                await client.join("r")
+                got = await collect(client, "r", 7)
+                assert [m.seq for m in got] == list(range(1, 8))
+                assert client.stats.holes_detected == 1
+                assert client.stats.duplicates_dropped == 4
+            (frames,) = server.seen
+            assert [orjson.loads(f) for f in frames[1:3]] == [
+                {"op": "join", "room": "r"},
+                {"op": "join", "room": "r", "since": {"epoch": "e1", "seq": 2}},
+            ]
+
+
+async def test_reconnect_rejoins_before_resending_the_same_frame() -> None:
+    async def script(ws: WebSocketConnection, n: int, frames: list[str]) -> None:
+        hello = await recv(ws, frames)
+        assert hello == {"op": "hello", "token": "t", "client": "py/1.0"}
+        await emit(ws, s_welcome(f"s{n}"))
+        if n == 0:
+            await recv(ws, frames)  # join
+            await emit(ws, s_joined("e1", 0), s_batch(1, 3))
+            await recv(ws, frames)  # the send: never acked on this connection
+            await ws.aclose(1001, "going away")
+        else:
+            await recv(ws, frames)  # join with since
+            send = await recv(ws, frames)
+            await emit(ws, s_joined("e1", 4), s_batch(3, 4),
+                       {"op": "ack", "room": "r", "cmid": send["cmid"], "seq": 4, "ts": 4})
+
+    with trio.fail_after(10):
+        async with scripted_server(script) as server:
+            async with DanmakuClient(server.url, token="t", **FAST) as client:
+                await client.join("r")
+                acks: list[Ack] = []
+                async with trio.open_nursery() as nursery:
+
+                    async def send() -> None:
+                        acks.append(await client.send("r", "t4"))
+
+                    nursery.start_soon(send)
+                    events: list[Event] = []
+                    got = await collect(client, "r", 4, events=events)
+                assert [m.seq for m in got] == [1, 2, 3, 4]
+                assert acks[0].seq == 4
+                assert [type(e) for e in events] == [
+                    Joined, Message, Message, Message, Disconnected, Reconnected, Joined, Message
+                ]
+                assert client.session_id == "s1"
+                assert client.stats.resends == 1
+            first, second = server.seen
+            assert orjson.loads(second[1]) == {
+                "op": "join", "room": "r", "since": {"epoch": "e1", "seq": 3}
+            }
+            assert second[2] == first[2]  # the very same send frame, same cmid
+
+
+async def test_token_rejected_on_reconnect_ends_the_client() -> None:
+    async def script(ws: WebSocketConnection, n: int, frames: list[str]) -> None:
+        await recv(ws, frames)
+        if n == 0:
+            await emit(ws, s_welcome("s0"))
+            await ws.aclose(1001, "going away")
+        else:
+            await emit(ws, {"op": "error", "code": "unauthorized", "message": "token expired"})
+            await ws.aclose(4001, "bad token")
+
+    with trio.fail_after(10):
+        async with scripted_server(script) as server, DanmakuClient(
+            server.url, token="t", **FAST
+        ) as client:
+            events = [ev async for ev in client.events()]
+            assert events == [
+                Disconnected(1001, "going away", will_reconnect=True),
+                Disconnected(4001, "unauthorized: token expired", will_reconnect=False),
+            ]
+            assert isinstance(client.closed, Unauthorized)
+            with pytest.raises(Unauthorized):
+                await client.join("r")
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    state = ClientState(ClientConfig("ws://x/ws", backoff_base_s=0.5, backoff_max_s=30,
+                                     jitter=0.5), random.Random(7))
+    for n, base in [(0, 0.5), (1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (40, 30.0)]:
+        delays = [backoff_delay(state, n) for _ in range(200)]
+        assert all(base * 0.5 <= d <= base * 1.5 for d in delays)
+        assert max(delays) - min(delays) > base * 0.5  # really jittered
+    exact = ClientState(ClientConfig("ws://x/ws", backoff_base_s=0.5, jitter=0.0))
+    assert [backoff_delay(exact, n) for n in range(4)] == [0.5, 1.0, 2.0, 4.0]

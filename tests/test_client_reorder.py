@@ -373,7 +373,8 @@ def deliveries(draw: st.DrawFn) -> tuple[int, list[dict[str, Any]]]:
     bounds = list(zip([1, *[c + 1 for c in cuts]], [*cuts, n], strict=True))
     frames = []
     for a, b in bounds:
-        seqs, skipped = [], []
+        seqs: list[int] = []
+        skipped: list[list[int]] = []
         for s in range(a, b + 1):
             if draw(st.integers(0, 4)) == 0:
                 if skipped and skipped[-1][1] == s - 1:

@@ -11,13 +11,13 @@ One task runs `run_connections` for the client's whole life. Per connection it:
    with `since` on the same connection;
 4. pings every `heartbeat_ms / 2`, and drops a connection silent for 2.5 x `heartbeat_ms`.
 After a close other than 4001 / 4003 it waits `min(max, base * 2**n) * uniform(1-j, 1+j)`
-(n = consecutive failures) and starts again.
+(n = consecutive failures; a connection that stayed up 5 s resets it) and starts again.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +34,10 @@ from .events import Disconnected, Joined, Message, Reconnected, ServerError
 
 # Errors of a join that an `error` frame without a `room` field can only be the answer to.
 _JOIN_ERROR_CODES = frozenset({p.ERR_UNAUTHORIZED, p.ERR_BAD_REQUEST})
+
+# A connection up this long resets the reconnect backoff; shorter ones keep it growing, so a
+# server that accepts and then drops (flooding, overload) is not hammered.
+_STABLE_S = 5.0
 
 # What a connection may fail with, from us or from trio-websocket's reader task.
 _CONNECTION_ERRORS = (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError)
@@ -87,6 +91,7 @@ class _Attempt:
     """How one connection attempt ended (expected failures are values, not exceptions)."""
 
     connected: bool = False
+    welcomed_at: float = 0.0
     code: int = 1006
     reason: str = "connection lost"
     error: BaseException | None = None
@@ -116,9 +121,7 @@ async def _open_stream(
     raise ConnectError(f"connecting to {url} timed out")
 
 
-async def _attempt(
-    state: ClientState, on_welcome: Callable[[], Awaitable[None]]
-) -> _Attempt:
+async def _attempt(state: ClientState, on_welcome: Callable[[], bool]) -> _Attempt:
     """One connection, from dispatch to close. The TCP stream is ours (trio-websocket's
     wrapper): it is closed here whatever happens, also when the server closed first."""
     att = _Attempt()
@@ -147,7 +150,7 @@ async def _run_websocket(
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
     host: str,
     resource: str,
-    on_welcome: Callable[[], Awaitable[None]],
+    on_welcome: Callable[[], bool],
     att: _Attempt,
 ) -> None:
     cfg = state.config
@@ -161,8 +164,8 @@ async def _run_websocket(
             att.connected = True
         if not att.connected:
             raise ConnectError("no WebSocket handshake and welcome within the connect timeout")
-        await on_welcome()
-        att.code, att.reason = await _serve(state, ws)
+        att.welcomed_at = trio.current_time()
+        att.code, att.reason = await _serve(state, ws, reconnected=on_welcome())
     except (Unauthorized, ConnectError, ValueError, *_CONNECTION_ERRORS) as exc:
         att.error = exc
         if isinstance(exc, ConnectionClosed) and exc.reason is not None:
@@ -179,16 +182,16 @@ async def run_connections(
     started = False
     final: ClientClosed | None = None
 
-    async def on_welcome() -> None:
-        nonlocal started, failures
-        failures = 0
+    def on_welcome() -> bool:
+        """Count the connection; True if it is a reconnect."""
+        nonlocal started
         state.counters.connects += 1
         if not started:
             started = True
             task_status.started()
-        else:
-            state.counters.reconnects += 1
-            await state.emit(Reconnected(state.session_id or "", state.counters.reconnects))
+            return False
+        state.counters.reconnects += 1
+        return True
 
     try:
         while not state.close_requested.is_set():
@@ -200,6 +203,8 @@ async def run_connections(
                 if not started:
                     raise att.error
                 final = att.error
+                code = p.CLOSE_UNAUTHORIZED
+                await state.emit(Disconnected(code, str(final), will_reconnect=False))
                 break
             if not started:
                 raise ConnectError(f"cannot connect to {cfg.url}: {att.error!r}") from att.error
@@ -215,6 +220,8 @@ async def run_connections(
                 break
             if att.connected:
                 await state.emit(Disconnected(code, reason, will_reconnect=True))
+                if trio.current_time() - att.welcomed_at >= _STABLE_S:
+                    failures = 0  # a connection that lasted resets the backoff
             failures += 1
             if cfg.max_reconnect_attempts is not None and failures > cfg.max_reconnect_attempts:
                 final = ClientClosed(f"gave up after {failures - 1} reconnect attempts", code)
@@ -228,7 +235,9 @@ async def run_connections(
             state.finish(final, None)
 
 
-async def _serve(state: ClientState, ws: WebSocketConnection) -> tuple[int, str]:
+async def _serve(
+    state: ClientState, ws: WebSocketConnection, *, reconnected: bool
+) -> tuple[int, str]:
     """One welcomed connection, until it closes: returns its close code and reason."""
     code, reason = 1006, "connection lost"
     async with trio.open_nursery() as nursery:
@@ -248,6 +257,8 @@ async def _serve(state: ClientState, ws: WebSocketConnection) -> tuple[int, str]
                 state.counters.resends += 1
             if await state.write(ws, entry.frame):
                 state.pending.mark_sent(entry.cmid, trio.current_time())
+        if reconnected:  # after the heartbeat started: the app may be slow to take it
+            await state.emit(Reconnected(state.session_id or "", state.counters.reconnects))
         try:
             while True:
                 data = await ws.get_message()

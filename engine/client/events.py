@@ -72,10 +72,10 @@ class Disconnected:
 @dataclass(frozen=True, slots=True)
 class Reconnected:
     """A new connection is up (welcome received); every room is being re-joined with `since`
-    and unacked sends are being resent with their cmid."""
+    and unacked sends were resent with their cmid. `reconnects` counts them, from 1."""
 
     session: str
-    attempt: int
+    reconnects: int
 
 
 @dataclass(frozen=True, slots=True)

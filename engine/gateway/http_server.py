@@ -70,7 +70,12 @@ async def serve_connection(gw: Gateway, stream: trio.abc.Stream) -> None:
             if req is None:
                 return
             if req.path == "/ws" and req.method == "GET":
-                await _upgrade(gw, conn, stream, req)
+                trailing = await _handshake(gw, conn, stream, req)
+                if trailing is None:
+                    return
+                # Keep nothing of the HTTP layer for the life of the WebSocket.
+                del conn, req
+                await _run_websocket(gw, stream, trailing)
                 return
             resp = await route(gw, req)
             await _send_response(conn, stream, resp)
@@ -137,22 +142,26 @@ def _upgrade_headers(event: h11.Request) -> bool:
     return any(k == b"upgrade" and v.lower() == b"websocket" for k, v in event.headers)
 
 
-async def _upgrade(
+async def _handshake(
     gw: Gateway, conn: h11.Connection, stream: trio.abc.Stream, req: Request
-) -> None:
+) -> bytes | None:
+    """Answer the upgrade (101) or refuse it; the bytes the client sent after its request."""
     key = req.headers.get("sec-websocket-key", "")
     if not _is_upgrade(req) or not key or req.headers.get("sec-websocket-version") != "13":
         await _send_plain_error(conn, stream, 400, "a WebSocket upgrade is expected at /ws")
-        return
-    origin_ok = gw.origin_allowed(req.headers.get("origin"))
-    if not origin_ok:
+        return None
+    if not gw.origin_allowed(req.headers.get("origin")):
         await _send_plain_error(conn, stream, 403, "origin not allowed")
-        return
+        return None
     trailing, _closed = conn.trailing_data
     await stream.send_all(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + websocket_accept(key).encode() + b"\r\n\r\n"
     )
+    return bytes(trailing)
+
+
+async def _run_websocket(gw: Gateway, stream: trio.abc.Stream, trailing: bytes) -> None:
     assert gw.nursery is not None
     ws = WsConn(
         stream,
@@ -161,7 +170,6 @@ async def _upgrade(
         max_pending_bytes=gw.settings.max_pending_bytes,
         trailing_data=trailing,
     )
-    del conn
     await Session(gw, ws).run()
 
 

@@ -185,12 +185,16 @@ class Session:
         assert ident is not None
         room = event.room
         if not ident.may_enter(room):
-            self.send(p.encode_error(p.ERR_UNAUTHORIZED, f"token not valid for room {room}"))
+            self.send(
+                p.encode_error(p.ERR_UNAUTHORIZED, f"token not valid for room {room}", room=room)
+            )
             return
         if room in self.rooms:
             await self._on_leave(room, quiet=True)
         if len(self.rooms) >= self.gw.settings.max_rooms_per_conn:
-            self.send(p.encode_error(p.ERR_BAD_REQUEST, "too many rooms on one connection"))
+            self.send(
+                p.encode_error(p.ERR_BAD_REQUEST, "too many rooms on one connection", room=room)
+            )
             return
         hub = await self.gw.hubs.hub_for(room)
         epoch, last, online = await self.gw.joined_room(room, hub, +1)
