@@ -71,12 +71,13 @@ def count_submits(st: Stack, monkeypatch: pytest.MonkeyPatch) -> list[trio.Event
     seen = [trio.Event() for _ in range(8)]
     calls = 0
 
-    async def submit(*args: Any, **kw: Any) -> None:
+    def submit(*args: Any, **kw: Any) -> bool:
         nonlocal calls
-        await original(*args, **kw)
+        accepted = original(*args, **kw)
         if calls < len(seen):
             seen[calls].set()
         calls += 1
+        return accepted
 
     monkeypatch.setattr(gw, "submit", submit)
     return seen

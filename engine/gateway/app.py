@@ -18,6 +18,7 @@ from engine import protocol as p
 from engine.config import GatewaySettings, RedisSettings
 from engine.gateway.batching import TickPolicy
 from engine.gateway.hubs import HubManager
+from engine.gateway.ingress_writer import IngressWriter
 from engine.gateway.metrics import GatewayMetrics
 from engine.gateway.registry import Registry, now_ms, online_field_value, sum_online
 from engine.gateway.room_hub import RoomHub
@@ -79,6 +80,7 @@ class Gateway:
             metrics=self.metrics,
             on_replies=self.on_replies,
         )
+        self.ingress = IngressWriter(shards)
         self.nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -86,6 +88,7 @@ class Gateway:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.hubs.run)
+            nursery.start_soon(self.ingress.run)
             await self.announce()
             nursery.start_soon(self.registry.refresh_loop, self.local_counts)
             nursery.start_soon(self._announce_loop)
@@ -166,34 +169,50 @@ class Gateway:
     def partition_for(self, room: str) -> int:
         return zlib.crc32(room.encode()) % self.redis_settings.ingress_partitions
 
-    async def submit(
+    def submit(
         self, ident: Identity, session: str, room: str, cmid: str, kind: str, body: bytes
-    ) -> None:
+    ) -> bool:
+        """Queue a send for the room's worker without waiting; False when the gateway is full.
+
+        The answer (ack or nack) comes back on this gateway's reply channel; if Redis refuses
+        the message, ``on_replies`` is fed a synthetic ``internal`` nack for it.
+        """
         msg = IngressMessage(
             room=room, user=ident.user, name=ident.name, role=ident.role, cmid=cmid, kind=kind,
             body=body, gateway=self.node_id, session=session, received_ms=now_ms(),
         )
-        self._sent_at[(session, room, cmid)] = trio.current_time()
+        key = (session, room, cmid)
+
+        def failed(message: str) -> None:
+            self._sent_at.pop(key, None)
+            self.deliver_reply(
+                Reply(session, room, cmid, code=p.ERR_INTERNAL, message=message)
+            )
+
+        command = ["XADD", keys.ingress_stream(self.partition_for(room)), "*", *msg.fields()]
+        if not self.ingress.submit(room, command, failed):
+            return False
+        self._sent_at[key] = trio.current_time()
         self.metrics.sends.inc()
-        await self.shards.client_for(room).execute(
-            "XADD", keys.ingress_stream(self.partition_for(room)), "*", *msg.fields()
-        )
+        return True
 
     def on_replies(self, payload: bytes) -> None:
         now = trio.current_time()
         for reply in decode_replies(payload):
-            key = (reply.session, reply.room, reply.cmid)
-            started = self._sent_at.pop(key, None)
+            started = self._sent_at.pop((reply.session, reply.room, reply.cmid), None)
             if started is not None:
                 self.metrics.ack_latency.observe(now - started)
-            session = self.sessions.get(reply.session)
-            if session is not None:
-                session.deliver_reply(_reply_frame(reply))
-                continue
-            waiter = self.http_waiters.get(key)
-            if waiter is not None:
-                waiter.reply = reply
-                waiter.event.set()
+            self.deliver_reply(reply)
+
+    def deliver_reply(self, reply: Reply) -> None:
+        session = self.sessions.get(reply.session)
+        if session is not None:
+            session.deliver_reply(_reply_frame(reply))
+            return
+        waiter = self.http_waiters.get((reply.session, reply.room, reply.cmid))
+        if waiter is not None:
+            waiter.reply = reply
+            waiter.event.set()
 
     async def submit_and_wait(
         self, ident: Identity, room: str, cmid: str, kind: str, body: bytes, timeout_s: float
@@ -205,7 +224,9 @@ class Gateway:
         if waiter is None:
             waiter = self.http_waiters[key] = _Waiter(trio.Event())
         try:
-            await self.submit(ident, session, room, cmid, kind, body)
+            if not self.submit(ident, session, room, cmid, kind, body):
+                return Reply(session, room, cmid, code=p.NACK_RATE_LIMITED,
+                             message="gateway busy", retry_after_ms=1000)
             with trio.move_on_after(timeout_s):
                 await waiter.event.wait()
             return waiter.reply

@@ -241,7 +241,9 @@ class Session:
                 "offset_ms": event.body.offset_ms,
             }
         )
-        await self.gw.submit(ident, self.id, event.room, event.cmid, event.kind, body)
+        if not self.gw.submit(ident, self.id, event.room, event.cmid, event.kind, body):
+            self.send(p.encode_nack(event.room, event.cmid, p.NACK_RATE_LIMITED,
+                                    "gateway busy, retry later", 1000))
 
     def deliver_reply(self, payload: bytes) -> None:
         self.send(payload)
