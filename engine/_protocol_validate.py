@@ -134,7 +134,25 @@ class Send:
     kind: str = DEFAULT_KIND
 
 
-ClientEvent: TypeAlias = Hello | Ping | Join | Leave | Send
+@dataclass(frozen=True, slots=True)
+class Mod:
+    """Extension op ``mod`` (docs/protocol.md 9.8): a moderator or streamer command for a room.
+
+    The codec checks the shape only; which actions exist and who may run them is decided by the
+    moderation layer (``rooms.moderation_actions``), which answers unknown ones with an error.
+    """
+
+    room: str
+    action: str
+    user: str | None = None  # the target user id
+    duration_s: int | None = None
+    reason: str | None = None
+    words: tuple[str, ...] | None = None
+    config: tuple[tuple[str, int | bool | str], ...] | None = None  # key order as sent
+    ref: str | None = None  # echoed in the answer
+
+
+ClientEvent: TypeAlias = Hello | Ping | Join | Leave | Send | Mod
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +314,75 @@ def _send(obj: dict[str, object], limits: Limits) -> ClientEvent | ProtocolError
     )
 
 
+_ACTION_RE: Final = re.compile(r"[a-z_]{1,32}")
+MAX_MOD_WORDS: Final = 10_000
+MAX_MOD_DURATION_S: Final = 10 * 365 * 86_400
+MAX_REASON_CHARS: Final = 200
+
+
+def _label(value: object, name: str, max_chars: int) -> str:
+    """A user id, reason or word: a string of 1..max_chars without forbidden characters."""
+    if (
+        type(value) is not str
+        or not 1 <= len(value) <= max_chars
+        or FORBIDDEN_TEXT_RE.search(value) is not None
+    ):
+        raise _Invalid(f"{name} must be 1-{max_chars} characters without control characters")
+    return value
+
+
+def _mod_fields(obj: dict[str, object], room: str) -> Mod:
+    action = obj.get("action")
+    if type(action) is not str or _ACTION_RE.fullmatch(action) is None:
+        raise _Invalid("action must be 1-32 characters of [a-z_]")
+    user = obj.get("user")
+    duration = obj.get("duration_s")
+    reason = obj.get("reason")
+    words = obj.get("words")
+    config = obj.get("config")
+    ref = obj.get("ref")
+    word_tuple: tuple[str, ...] | None = None
+    if words is not None:
+        if type(words) is not list or len(words) > MAX_MOD_WORDS:
+            raise _Invalid(f"words must be a list of at most {MAX_MOD_WORDS} strings")
+        word_tuple = tuple(_label(w, "each word", MAX_ID_CHARS) for w in words)
+    config_pairs: tuple[tuple[str, int | bool | str], ...] | None = None
+    if config is not None:
+        if type(config) is not dict or len(config) > 16:
+            raise _Invalid("config must be an object of at most 16 settings")
+        pairs: list[tuple[str, int | bool | str]] = []
+        for key, value in config.items():
+            if _ACTION_RE.fullmatch(key) is None:
+                raise _Invalid("config keys are 1-32 characters of [a-z_]")
+            if type(value) is bool or (type(value) is int and INT64_MIN <= value <= INT64_MAX):
+                pairs.append((key, value))
+            elif type(value) is str and len(value) <= 32:
+                pairs.append((key, _label(value, f"config.{key}", 32) if value else value))
+            else:
+                raise _Invalid(f"config.{key} must be an integer, a boolean or a short string")
+        config_pairs = tuple(pairs)
+    if ref is not None and not valid_cmid(ref):
+        raise _Invalid("ref must be 1-64 printable ASCII characters without spaces")
+    return Mod(
+        room,
+        action,
+        None if user is None else _label(user, "user", MAX_ID_CHARS),
+        None if duration is None else _int(duration, "duration_s", 1, MAX_MOD_DURATION_S),
+        None if reason is None else _label(reason, "reason", MAX_REASON_CHARS),
+        word_tuple,
+        config_pairs,
+        ref,
+    )
+
+
+def _mod(obj: dict[str, object], limits: Limits) -> ClientEvent | ProtocolError:
+    room = _room(obj)
+    try:
+        return _mod_fields(obj, room)
+    except _Invalid as e:
+        return ProtocolError(e.code, e.message, "mod", room)
+
+
 _Decoder: TypeAlias = Callable[[dict[str, object], Limits], ClientEvent | ProtocolError]
 _DECODERS: Final[dict[str, _Decoder]] = {
     "hello": _hello,
@@ -306,13 +393,16 @@ _DECODERS: Final[dict[str, _Decoder]] = {
 }
 #: The ops a client may send.
 CLIENT_OPS: Final = frozenset(_DECODERS)
+#: Extension ops (docs/protocol.md section 9), decoded only with ``extensions=True``.
+_EXTENSION_DECODERS: Final[dict[str, _Decoder]] = {"mod": _mod}
+EXTENSION_OPS: Final = frozenset(_EXTENSION_DECODERS)
 
 
 def _too_large(limits: Limits) -> ProtocolError:
     return ProtocolError(ERR_TOO_LARGE, f"frame is larger than {limits.max_frame_bytes} bytes")
 
 
-def _decode(data: object, limits: Limits) -> ClientEvent | ProtocolError:
+def _decode(data: object, limits: Limits, extensions: bool) -> ClientEvent | ProtocolError:
     limit = limits.max_frame_bytes
     raw: str | bytes | bytearray
     if isinstance(data, str):
@@ -349,6 +439,8 @@ def _decode(data: object, limits: Limits) -> ClientEvent | ProtocolError:
         message = "missing op" if op is None else "op must be a string"
         return ProtocolError(ERR_BAD_REQUEST, message)
     decoder = _DECODERS.get(op)
+    if decoder is None and extensions:
+        decoder = _EXTENSION_DECODERS.get(op)
     if decoder is None:
         return ProtocolError(ERR_UNKNOWN_OP, f"unknown op {op[:32]!r}")
     try:
@@ -358,11 +450,18 @@ def _decode(data: object, limits: Limits) -> ClientEvent | ProtocolError:
 
 
 def decode_client_frame(
-    data: str | bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
+    data: str | bytes | bytearray | memoryview,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    extensions: bool = False,
 ) -> ClientEvent | ProtocolError:
-    """Decode one client frame. Never raises; see the module docstring of engine.protocol."""
+    """Decode one client frame. Never raises; see the module docstring of engine.protocol.
+
+    With ``extensions`` the extension ops (``EXTENSION_OPS``: ``mod``) are decoded too; without
+    it they are ``unknown_op`` like any other op outside ``CLIENT_OPS``.
+    """
     try:
-        return _decode(data, limits)
+        return _decode(data, limits, extensions)
     except Exception:  # a bug here must cost one frame, not the connection's read loop
         return ProtocolError(ERR_INTERNAL, "internal error while decoding the frame")
 

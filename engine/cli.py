@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from engine.config import load_settings, resolve_secret
+from engine.config import load_settings, resolve_keyring
 from engine.errors import DanmakuError
 from engine.tokens import ROLES, mint_token
 
@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--mode", default="scroll", choices=("scroll", "top", "bottom"))
     send.add_argument("--color", default="#ffffff")
     send.add_argument("--offset-ms", type=int, default=0)
+
+    from engine.accounts import add_cli
+
+    add_cli(sub)  # danmaku user add/passwd/disable/enable
+
+    from engine.archive import cli as archive_cli
+
+    archive_cli.add_subcommands(sub)  # danmaku archiver / replay / dashboard (issue 3)
     return parser
 
 
@@ -90,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from engine import runner
+    from engine.archive import cli as archive_cli
+
+    archived = archive_cli.run(args)
+    if archived is not None:
+        return archived
 
     if args.command == "token":
         overrides: dict[str, Any] = {}
@@ -98,11 +111,15 @@ def _run(args: argparse.Namespace) -> int:
             settings = replace(settings, data_dir=args.data_dir)
         print(
             mint_token(
-                resolve_secret(settings), user=args.user, name=args.name, role=args.role,
+                resolve_keyring(settings), user=args.user, name=args.name, role=args.role,
                 ttl_s=args.ttl, rooms=args.room,
             )
         )
         return 0
+    if args.command == "user":
+        from engine import accounts
+
+        return accounts.run_cli(args)
     if args.command in {"watch", "send"}:
         from engine import cli_client
 

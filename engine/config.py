@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, TokenError
+from engine.tokens import KeyRing
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,15 @@ class GatewaySettings:
     allowed_origins: tuple[str, ...] = ()
     socket_sndbuf_bytes: int = 0
     send_timeout_ms: int = 10_000
+    # -- security (issue 5; docs/security.md) --
+    tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file: https:// and wss://
+    tls_key_file: str = ""
+    max_conns_per_ip: int = 0  # open connections per client IP; 0 = unlimited
+    login_token_ttl_s: int = 86_400  # lifetime of the tokens POST /v1/login hands out
+    login_max_failures: int = 5  # failed logins (per name and client IP) before the lock-out
+    login_lockout_s: int = 30  # first lock-out; it doubles with each further failure
+    login_max_lockout_s: int = 900
+    revocation_ttl_s: int = 30 * 86_400  # how long "tokens before T are invalid" is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,25 @@ class WorkerSettings:
     block_ms: int = 1_000
     claim_idle_ms: int = 5_000
     claim_every_ms: int = 2_000
+    moderation: bool = True  # run the moderation step (rooms/moderate.lua) before sequencing
+    filter_cache_rooms: int = 4_096  # rooms whose word filter a worker keeps built
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    """The ClickHouse archive (issue 3; engine/archive/). Empty dsn: no archive, except that
+    ``danmaku up`` then uses the embedded engine under the data dir (``off`` disables it)."""
+
+    dsn: str = ""  # chdb:///path or http(s)://user:pw@host:port/database
+    node_id: str = ""  # the archiver's consumer name (default: random)
+    batch_rows: int = 5_000  # insert when this many rows are collected ...
+    batch_ms: int = 250  # ... or when the oldest collected row waited this long
+    retry_min_ms: int = 100  # backoff after a failed insert, doubling up to retry_max_ms
+    retry_max_ms: int = 10_000
+    claim_idle_ms: int = 30_000  # take over a dead archiver's entries after this idle time
+    metrics_port: int = 9464  # `danmaku archiver` serves /metrics here (0 = off)
+    metrics_host: str = "127.0.0.1"
+    viewers_sample_ms: int = 15_000  # how often a gateway records its viewers per room
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +100,10 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     secret: str = ""
     data_dir: str = "./var"
+    secrets: str = ""  # DANMAKU_SECRETS: "kid1:secret1,kid2:secret2" (key rotation; tokens.py)
 
 
 def new_node_id(prefix: str) -> str:
@@ -135,14 +166,16 @@ def load_settings(
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    sections: dict[str, dict[str, Any]] = {"redis": {}, "gateway": {}, "worker": {}}
+    sections: dict[str, dict[str, Any]] = {
+        "redis": {}, "gateway": {}, "worker": {}, "archive": {},
+    }
     top: dict[str, Any] = {}
     for key, value in data.items():
         if key in sections:
             if not isinstance(value, dict):
                 raise ConfigError(f"[{key}] must be a table")
             sections[key].update(value)
-        elif key in {"secret", "data_dir"}:
+        elif key in {"secret", "data_dir", "secrets"}:
             top[key] = str(value)
         else:
             raise ConfigError(f"unknown setting {key}")
@@ -150,7 +183,7 @@ def load_settings(
         if not name.startswith("DANMAKU_") or name == "DANMAKU_CONFIG":
             continue
         rest = name[len("DANMAKU_"):].lower()
-        if rest in {"secret", "data_dir"}:
+        if rest in {"secret", "data_dir", "secrets"}:
             top[rest] = value
             continue
         section, _, key = rest.partition("_")
@@ -162,8 +195,10 @@ def load_settings(
         redis=_apply(settings.redis, sections["redis"], "redis."),
         gateway=_apply(settings.gateway, sections["gateway"], "gateway."),
         worker=_apply(settings.worker, sections["worker"], "worker."),
+        archive=_apply(settings.archive, sections["archive"], "archive."),
         secret=top.get("secret", settings.secret),
         data_dir=top.get("data_dir", settings.data_dir),
+        secrets=top.get("secrets", settings.secrets),
     )
 
 
@@ -191,3 +226,17 @@ def resolve_secret(settings: Settings, env: Mapping[str, str] | None = None) -> 
     if env.get("DANMAKU_SECRET"):
         return env["DANMAKU_SECRET"]
     return secret_from_data_dir(settings.data_dir)
+
+
+def resolve_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> str | KeyRing:
+    """The ``KeyRing`` of ``DANMAKU_SECRETS`` plus the legacy secret, or just the legacy secret
+    (as ``resolve_secret``) when no rotation keys are configured."""
+    env = os.environ if env is None else env
+    spec = settings.secrets or env.get("DANMAKU_SECRETS", "")
+    if not spec.strip():
+        return resolve_secret(settings, env)
+    legacy = settings.secret or env.get("DANMAKU_SECRET", "")
+    try:
+        return KeyRing.parse(spec, legacy)
+    except TokenError as exc:
+        raise ConfigError(str(exc)) from None

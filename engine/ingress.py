@@ -8,6 +8,14 @@ Ingress entry (XADD to ``{in:<p>}`` on the room's shard), flat fields::
 Reply (PUBLISH on ``danmaku:gw:<node>``): a JSON list of objects, each either an ack
 ``{"s":sid,"r":room,"c":cmid,"q":seq,"ts":ms}`` or a nack
 ``{"s":sid,"r":room,"c":cmid,"code":..,"msg":..,"ra":retry_after_ms}``.
+
+Control message (PUBLISH on the same channel; a JSON object, never a list, so a gateway that does
+not know it ignores it): ``{"kick":{"u":user,"room":room or null,"reason":..}}`` asks the gateway
+to close that user's connections (those in ``room`` only, when given) with 4003.
+
+Hidden messages: a sequenced message shown only to its sender (shadow-ban) is stored, archived
+and published with ``HIDDEN_MARK`` appended to its JSON (JSON allows trailing whitespace, so it
+still parses); gateways strip it and show the message to the sender's own connections only.
 """
 
 from __future__ import annotations
@@ -118,3 +126,26 @@ def decode_replies(payload: bytes) -> list[Reply]:
         except (KeyError, TypeError, ValueError):
             continue
     return out
+
+
+#: Appended to a sequenced message's JSON when only its sender may see it (see module docstring).
+HIDDEN_MARK = b"\n"
+
+
+def encode_kick(user: str, room: str | None, reason: str) -> bytes:
+    return orjson.dumps({"kick": {"u": user, "room": room, "reason": reason}})
+
+
+def decode_control(payload: bytes) -> tuple[str, str | None, str] | None:
+    """A kick as ``(user, room or None, reason)``; None for anything else."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    kick = obj.get("kick") if isinstance(obj, dict) else None
+    if not isinstance(kick, dict):
+        return None
+    user, room, reason = kick.get("u"), kick.get("room"), kick.get("reason", "")
+    if not isinstance(user, str) or not (room is None or isinstance(room, str)):
+        return None
+    return user, room, reason if isinstance(reason, str) else ""

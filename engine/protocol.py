@@ -62,6 +62,7 @@ from ._protocol_validate import ERR_BAD_REQUEST as ERR_BAD_REQUEST
 from ._protocol_validate import ERR_INTERNAL as ERR_INTERNAL
 from ._protocol_validate import ERR_TOO_LARGE as ERR_TOO_LARGE
 from ._protocol_validate import ERR_UNKNOWN_OP as ERR_UNKNOWN_OP
+from ._protocol_validate import EXTENSION_OPS as EXTENSION_OPS
 from ._protocol_validate import FORBIDDEN_TEXT_RE as FORBIDDEN_TEXT_RE
 from ._protocol_validate import INT64_MAX as INT64_MAX
 from ._protocol_validate import INT64_MIN as INT64_MIN
@@ -83,6 +84,7 @@ from ._protocol_validate import Hello as Hello
 from ._protocol_validate import Join as Join
 from ._protocol_validate import Leave as Leave
 from ._protocol_validate import Limits as Limits
+from ._protocol_validate import Mod as Mod
 from ._protocol_validate import Ping as Ping
 from ._protocol_validate import ProtocolError as ProtocolError
 from ._protocol_validate import Send as Send
@@ -237,6 +239,17 @@ def encode_protocol_error(err: ProtocolError) -> bytes:
     if err.room is not None:
         return encode_error(err.code, err.message, room=err.room)
     return encode_error(err.code, err.message)
+
+
+def encode_mod_result(
+    room: str, action: str, ref: str | None, result: Mapping[str, object]
+) -> bytes:
+    """Extension (docs/protocol.md 9.8): the answer to a successful ``mod`` op."""
+    obj: dict[str, object] = {"op": "mod_result", "room": room, "action": action, "ok": True}
+    if ref is not None:
+        obj["ref"] = ref
+    obj["result"] = result if isinstance(result, dict) else dict(result)
+    return _dumps(obj)
 
 
 def encode_message(

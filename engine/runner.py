@@ -7,15 +7,20 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from engine import protocol as p
-from engine.config import Settings, new_node_id, resolve_secret
+from engine import tls
+from engine.config import Settings, new_node_id, resolve_keyring, resolve_secret
 from engine.gateway.app import Gateway
 from engine.gateway.http_server import serve_listeners
 from engine.redis import ShardSet
 from rooms.worker import RoomWorker
+
+if TYPE_CHECKING:
+    from engine.archive.store import ArchiveStore
 
 log = logging.getLogger("danmaku")
 
@@ -26,17 +31,30 @@ def make_shards(settings: Settings) -> ShardSet:
 
 @asynccontextmanager
 async def open_gateway(
-    settings: Settings, shards: ShardSet, *, secret: str
+    settings: Settings, shards: ShardSet, *, secret: str, archive: ArchiveStore | None = None
 ) -> AsyncIterator[tuple[Gateway, list[trio.SocketListener]]]:
     """A running gateway with its listener bound (port 0 picks a free port)."""
     gs = settings.gateway
     listeners = await trio.open_tcp_listeners(gs.port, host=gs.host, backlog=4096)
     port = listeners[0].socket.getsockname()[1]
     gs = replace(gs, port=port, node_id=gs.node_id or new_node_id("gw"))
-    gw = Gateway(gs, settings.redis, shards, secret=secret, node_id=gs.node_id)
+    keyring = resolve_keyring(replace(settings, secret=secret)) if settings.secrets else secret
+    gw = Gateway(gs, settings.redis, shards, secret=keyring, node_id=gs.node_id)
+    gw.archive = archive
+    serving: list[Any] = list(listeners)
+    if gs.tls_cert_file or gs.tls_key_file:  # https:// and wss:// (engine/tls.py)
+        serving = tls.wrap_listeners(
+            listeners, tls.server_context(gs.tls_cert_file, gs.tls_key_file or gs.tls_cert_file)
+        )
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.run)
-        await nursery.start(serve_listeners, gw, listeners)
+        await nursery.start(serve_listeners, gw, serving)
+        if archive is not None:  # viewers-online samples for the dashboards (issue 3)
+            from engine.archive.service import run_viewer_samples
+
+            nursery.start_soon(
+                run_viewer_samples, gw, archive, settings.archive.viewers_sample_ms
+            )
         try:
             yield gw, listeners
         finally:
@@ -55,11 +73,17 @@ async def shutdown_sessions(gw: Gateway, *, grace_s: float = 2.0) -> None:
 
 
 @asynccontextmanager
-async def open_worker(settings: Settings, shards: ShardSet) -> AsyncIterator[RoomWorker]:
+async def open_worker(
+    settings: Settings, shards: ShardSet, *, archive: ArchiveStore | None = None
+) -> AsyncIterator[RoomWorker]:
     ws = replace(settings.worker, node_id=settings.worker.node_id or new_node_id("wk"))
     worker = RoomWorker(
         shards, settings.redis, ws, max_text_chars=settings.gateway.max_text_chars
     )
+    if archive is not None:  # a lost counter restarts above the archive's highest seq
+        from engine.archive.service import floor_source
+
+        worker.floor_source = floor_source(archive)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         try:
@@ -76,8 +100,12 @@ async def until_signal() -> None:
 
 
 async def run_gateway_process(settings: Settings) -> None:
+    from engine.archive.service import configured_dsn, maybe_archive
+
     secret = resolve_secret(settings)
-    async with make_shards(settings) as shards, open_gateway(settings, shards, secret=secret) as (
+    async with maybe_archive(configured_dsn(settings)) as archive, make_shards(
+        settings
+    ) as shards, open_gateway(settings, shards, secret=secret, archive=archive) as (
         gw,
         _listeners,
     ):
@@ -87,9 +115,29 @@ async def run_gateway_process(settings: Settings) -> None:
 
 
 async def run_worker_process(settings: Settings) -> None:
-    async with make_shards(settings) as shards, open_worker(settings, shards) as worker:
+    from engine.archive.service import configured_dsn, maybe_archive
+
+    async with maybe_archive(configured_dsn(settings)) as archive, make_shards(
+        settings
+    ) as shards, open_worker(settings, shards, archive=archive) as worker:
         print(f"danmaku worker {worker.node_id} on {', '.join(settings.redis.urls)}", flush=True)
         await until_signal()
+
+
+@asynccontextmanager
+async def _redis_url_file(path: Any, url: str) -> AsyncIterator[None]:
+    """Where `danmaku user ...` finds the embedded engine's private Redis while it runs."""
+    path.write_text(url + "\n")
+    path.chmod(0o600)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield None
 
 
 async def run_embedded(settings: Settings) -> None:
@@ -105,15 +153,29 @@ async def run_embedded(settings: Settings) -> None:
     async with redis.running():
         redis_settings = replace(settings.redis, urls=(redis.url,), cluster=False)
         settings = replace(settings, redis=redis_settings)
-        async with make_shards(settings) as shards, open_worker(settings, shards), open_gateway(
-            settings, shards, secret=secret
-        ) as (gw, _listeners):
+        from engine.archive import service as archive_service
+
+        async with archive_service.maybe_archive(
+            archive_service.embedded_dsn(settings), drop_if_unready=True
+        ) as archive, make_shards(settings) as shards, open_worker(
+            settings, shards, archive=archive
+        ), open_gateway(
+            settings, shards, secret=secret, archive=archive
+        ) as (gw, _listeners), _redis_url_file(data_dir / "redis.url", redis.url), (
+            archive_service.open_archiver(settings, shards, archive)
+            if archive is not None else _nothing()
+        ) as archiver:
+            if archiver is not None:
+                archive_service.include_metrics(gw.metrics.registry, archiver.metrics)
             base = f"http://{gw.settings.host}:{gw.settings.port}"
             print(
                 f"danmaku up: data in {data_dir.resolve()}\n"
+                f"  Web page   {base}/  (player: {base}/r/lobby)\n"
                 f"  WebSocket  {gw.public_ws_url()}\n"
                 f"  HTTP API   {base}/v1/dispatch  {base}/healthz  {base}/metrics\n"
                 f"  Redis      {redis.url} (private child)\n"
+                f"  Archive    {archive.description if archive else 'off'}"
+                f"{f'  {base}/dashboards' if archive else ''}\n"
                 f"Try: danmaku token --user alice --data-dir {settings.data_dir}",
                 flush=True,
             )

@@ -25,6 +25,7 @@ from engine import keys
 from engine.config import RedisSettings, WorkerSettings
 from engine.ingress import IngressMessage, Reply, encode_replies, parse_ingress
 from engine.redis import RedisReplyError, Script, ShardSet
+from rooms.moderation import MODERATED_INGEST, RoomModeration
 from rooms.rules import check_message
 
 log = logging.getLogger("danmaku.worker")
@@ -62,6 +63,14 @@ class RoomWorker:
         self.sequenced = 0
         # Set by the archive integration: the archive's highest seq of a room.
         self.floor_source: Callable[[str], Awaitable[int]] | None = None
+        # The moderation step (rooms/moderation.py) runs inside the sequencing script.
+        self.moderation: RoomModeration | None = None
+        self._script = INGEST
+        if settings.moderation:
+            self.moderation = RoomModeration(
+                tail_of=message_tail, max_rooms=settings.filter_cache_rooms
+            )
+            self._script = MODERATED_INGEST
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -127,8 +136,9 @@ class RoomWorker:
             if msg is None:
                 log.warning("dropping malformed ingress entry %r", _id)
                 continue
+            text = _text_of(msg.body)
             verdict = check_message(
-                role=msg.role, kind=msg.kind, text=_text_of(msg.body),
+                role=msg.role, kind=msg.kind, text=text,
                 max_text_chars=self._max_text_chars,
             )
             if not verdict.ok:
@@ -137,14 +147,26 @@ class RoomWorker:
                           message=verdict.message, retry_after_ms=verdict.retry_after_ms)
                 )
                 continue
-            calls.append((msg, *self._script_call(msg)))
+            k, a = self._script_call(msg)
+            if self.moderation is not None:
+                self.moderation.prepare(msg, text, k, a)
+            calls.append((msg, k, a))
         results = await self._run_calls(client, calls)
+        outcomes: list[list[Any]] = []  # refused by moderation: recorded for the archive
         for i, ((msg, k, a), result) in enumerate(zip(calls, results, strict=True)):
-            if not isinstance(result, Exception) and int(result[0]) == -1:
-                # A room without an epoch (new, or its counter was lost): seed it above the
-                # archive's highest seq so a seq is never reused, then sequence again.
-                a[7] = await self.seq_floor(msg.room)
-                results[i] = result = (await self._run_calls(client, [(msg, k, a)]))[0]
+            if not isinstance(result, Exception) and int(result[0]) < 0:
+                results[i] = result = await self._rerun(client, msg, k, a, result)
+            if (
+                self.moderation is not None
+                and not isinstance(result, Exception)
+                and result[0] == -2  # refused by the moderation step
+            ):
+                refusal = self.moderation.refusal(msg, result)
+                if refusal is not None:
+                    replies[msg.gateway].append(refusal)
+                    outcomes.append(self.moderation.outcome_command(
+                        msg, refusal, _text_of(msg.body), cluster=self._redis.cluster))
+                    continue
             if isinstance(result, Exception):
                 log.error("ingest of %s/%s failed: %s", msg.room, msg.cmid, result)
                 replies[msg.gateway].append(
@@ -159,10 +181,47 @@ class RoomWorker:
             ["PUBLISH", keys.gateway_channel(node), encode_replies(items)]
             for node, items in replies.items()
         ]
+        if outcomes and not self._redis.cluster:
+            commands += outcomes  # same shard as the ingress stream and the rooms
+        elif outcomes:
+            for command in outcomes:  # one room per slot: each on its own
+                await self._shards.client_for(command[7]).execute(*command)
         commands.append(["XACK", stream, keys.WORKER_GROUP, *ids])
         commands.append(["XDEL", stream, *ids])
         await client.pipeline(commands)
         self.processed += len(ids)
+
+    async def _rerun(
+        self, client: Any, msg: IngressMessage, k: list[Any], a: list[Any], result: Any
+    ) -> Any:
+        """Call the script again after an answer asking for it: -1, a room without an epoch
+        (new, or its counter was lost) is seeded above the archive's highest seq so a seq is
+        never reused; -3, the word filter is stale; -4, the sender's shadow-ban state is not
+        what the call assumed. The script wrote nothing when it answered so."""
+        hidden = False
+        for _ in range(4):
+            code = int(result[0])
+            if code == -1:
+                a[7] = await self.seq_floor(msg.room)
+            elif code in (-3, -4) and self.moderation is not None:
+                if code == -3:
+                    await self.moderation.reload(
+                        self._shards.client_for(msg.room), msg.room, _text(result[1])
+                    )
+                else:
+                    hidden = int(result[1]) == 1
+                floor = a[7]
+                k, a = self._script_call(msg)
+                a[7] = floor
+                self.moderation.prepare(msg, _text_of(msg.body), k, a, hidden=hidden)
+            else:
+                return result
+            result = (await self._run_calls(client, [(msg, k, a)]))[0]
+            if isinstance(result, Exception):
+                return result
+        if int(result[0]) < 0:
+            return RuntimeError(f"the sequencing step did not settle: {result!r}")
+        return result
 
     async def seq_floor(self, room: str) -> int:
         """The highest seq of ``room`` known outside Redis (the archive); 0 without one."""
@@ -190,11 +249,13 @@ class RoomWorker:
         if not calls:
             return []
         if not self._redis.cluster:  # the shard's ingress holds only the shard's rooms
-            return list(await client.run_scripts(INGEST, [(k, a) for _m, k, a in calls]))
+            return list(await client.run_scripts(self._script, [(k, a) for _m, k, a in calls]))
         results: list[Any] = []
         for msg, k, a in calls:  # one room per slot: route each call on its own
             try:
-                results.append(await self._shards.client_for(msg.room).run_script(INGEST, k, a))
+                results.append(
+                    await self._shards.client_for(msg.room).run_script(self._script, k, a)
+                )
             except RedisReplyError as exc:
                 results.append(exc)
         return results
@@ -207,3 +268,7 @@ def _text_of(body: bytes) -> str:
         return ""
     text = value.get("text", "") if isinstance(value, dict) else ""
     return text if isinstance(text, str) else ""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from engine import keys
 from engine import protocol as p
 from engine.config import GatewaySettings, RedisSettings
+from engine.gateway import moderation_ops
 from engine.gateway.batching import TickPolicy
 from engine.gateway.hubs import HubManager
 from engine.gateway.ingress_writer import IngressWriter
@@ -25,7 +26,10 @@ from engine.gateway.room_hub import RoomHub
 from engine.gateway.ws_session import Session
 from engine.ingress import IngressMessage, Reply, decode_replies
 from engine.redis import RedisError, ShardSet
-from engine.tokens import Identity
+from engine.tokens import Identity, Secret
+
+if TYPE_CHECKING:
+    from engine.archive.store import ArchiveStore
 
 log = logging.getLogger("danmaku.gateway")
 
@@ -47,7 +51,7 @@ class Gateway:
         redis: RedisSettings,
         shards: ShardSet,
         *,
-        secret: str,
+        secret: Secret,
         node_id: str,
     ) -> None:
         self.settings = settings
@@ -82,6 +86,8 @@ class Gateway:
         )
         self.ingress = IngressWriter(shards)
         self.nursery: trio.Nursery | None = None
+        # The ClickHouse archive (issue 3): replay, /dashboards, deep resume; None = no archive.
+        self.archive: ArchiveStore | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background machinery (pub/sub feeds, refreshes); the listener is separate."""
@@ -128,7 +134,8 @@ class Gateway:
 
     def public_ws_url(self) -> str:
         s = self.settings
-        return s.public_url or f"ws://{s.host}:{s.port}/ws"
+        scheme = "wss" if s.tls_cert_file else "ws"
+        return s.public_url or f"{scheme}://{s.host}:{s.port}/ws"
 
     def local_counts(self) -> dict[str, int]:
         return {room: len(hub.members) for room, hub in self.hubs.hubs.items()}
@@ -150,6 +157,7 @@ class Gateway:
             ]
         )
         epoch_s = epoch.decode() if epoch else new_epoch
+        hub.archive = self.archive  # deep resume reads what the hot buffer lost from it
         if not hub.epoch:
             hub.epoch = epoch_s
         return epoch_s, int(seq or 0), sum_online(online, now)
@@ -197,6 +205,9 @@ class Gateway:
         return True
 
     def on_replies(self, payload: bytes) -> None:
+        if payload[:1] == b"{":  # a control message (a kick), not a list of replies
+            moderation_ops.handle_control(self, payload)
+            return
         now = trio.current_time()
         for reply in decode_replies(payload):
             started = self._sent_at.pop((reply.session, reply.room, reply.cmid), None)

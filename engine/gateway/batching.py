@@ -20,22 +20,41 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import orjson
+
 _DANMAKU_KIND = b',"kind":"danmaku"'
+_HIDDEN_MARK = b"\n"  # engine.ingress.HIDDEN_MARK: shown to the sender only (shadow-ban)
 
 
 @dataclass(frozen=True, slots=True)
 class Msg:
-    """One sequenced message, serialised once (``data`` is the JSON object of the contract)."""
+    """One sequenced message, serialised once (``data`` is the JSON object of the contract).
+
+    ``hidden`` is the sender's user id when only the sender may see the message (a shadow-banned
+    sender); every other viewer gets its seq in ``skipped``, exactly like a shed message.
+    """
 
     seq: int
     data: bytes
     reliable: bool
+    hidden: str | None = None
 
     @classmethod
     def from_json(cls, seq: int, data: bytes) -> Msg:
+        if data.endswith(_HIDDEN_MARK):  # rare: a shadow-banned sender's message
+            return cls._hidden(seq, data.rstrip(_HIDDEN_MARK))
         # The worker writes "kind" right after "name"; user strings are JSON-escaped, so the
         # first unescaped ',"kind":"' is the real field. Only plain danmaku may be shed.
         return cls(seq, data, _DANMAKU_KIND not in data)
+
+    @classmethod
+    def _hidden(cls, seq: int, data: bytes) -> Msg:
+        try:
+            user = orjson.loads(data).get("user")
+        except (orjson.JSONDecodeError, AttributeError):
+            user = None
+        # An unreadable owner hides the message from everyone: never show it by mistake.
+        return cls(seq, data, False, user if isinstance(user, str) else "")
 
 
 def parse_publication(payload: bytes) -> tuple[int, str, bytes] | None:
@@ -150,16 +169,29 @@ class TickPolicy:
         return last_flush + self.window_s(viewers)
 
 
+def has_hidden(msgs: Sequence[Msg]) -> bool:
+    """Whether a run holds a message shown to its sender only (the slow path of the hub)."""
+    return any(msg.hidden is not None for msg in msgs)
+
+
 def plan_catch_up(
-    msgs: Sequence[Msg], *, shed: bool
+    msgs: Sequence[Msg], *, shed: bool, viewer: str | None = None, hidden: bool = False
 ) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Messages for one viewer out of a contiguous run, and the ranges it is told it skipped."""
-    if not shed:
+    """Messages for one viewer out of a contiguous run, and the ranges it is told it skipped.
+
+    With ``hidden`` (the run holds hidden messages, see ``has_hidden``) a hidden message is
+    delivered only when ``viewer`` is its sender; for everyone else it is skipped like a shed one.
+    """
+    if not shed and not hidden:
         return [m.data for m in msgs], []
     out: list[bytes] = []
     skipped: list[tuple[int, int]] = []
     for msg in msgs:
-        if msg.reliable:
+        if msg.hidden is not None:
+            keep = viewer is not None and msg.hidden == viewer
+        else:
+            keep = msg.reliable or not shed
+        if keep:
             out.append(msg.data)
         elif skipped and skipped[-1][1] == msg.seq - 1:
             skipped[-1] = (skipped[-1][0], msg.seq)

@@ -12,7 +12,10 @@ import trio
 from engine import keys
 from engine import protocol as p
 from engine.errors import TokenError
+from engine.gateway import moderation_ops
+from engine.gateway.batching import Msg
 from engine.gateway.http_server import Request, Response, query_int
+from engine.ingress import HIDDEN_MARK
 from engine.redis import RedisError
 from engine.tokens import verify_token
 
@@ -66,6 +69,21 @@ async def _route(gw: Gateway, req: Request) -> Response:
         return Response(200, gw.metrics.render(), content_type="text/plain; version=0.0.4")
     if path == "/v1/dispatch":
         return await _dispatch(gw, req)
+    if path == "/v1/login" or path.startswith("/v1/admin/"):
+        from engine.gateway import admin_api  # logins and the admin API (docs/security.md)
+
+        return await admin_api.route(gw, req)
+    if path == "/dashboards" or path.endswith("/replay"):
+        from engine.archive import http_routes  # replay and dashboards (issue 3)
+
+        archived = await http_routes.route(gw, req)
+        if archived is not None:
+            return archived
+    from engine.gateway import web  # the viewer page: /, /r/{room}, /static/..., /v1/rooms
+
+    page = await web.route(gw, req)
+    if page is not None:
+        return page
     match = _ROOM_PATH.match(path)
     if match is None:
         return error_response(404, "not_found", f"no such endpoint: {path}")
@@ -118,6 +136,8 @@ async def _post_message(gw: Gateway, req: Request, room: str) -> Response:
         ident = verify_token(gw.secret, auth[7:].strip())
     except TokenError as exc:
         return error_response(401, p.NACK_UNAUTHORIZED, str(exc))
+    if await moderation_ops.token_revoked(gw, ident):
+        return error_response(401, p.NACK_UNAUTHORIZED, "token revoked")
     if not ident.may_enter(room):
         return error_response(403, p.NACK_UNAUTHORIZED, f"token not valid for room {room}")
     try:
@@ -161,16 +181,17 @@ async def _poll(gw: Gateway, req: Request, room: str) -> Response:
         return error_response(
             400, p.ERR_BAD_REQUEST, "after >= 0, limit in 1..1000, wait_ms in 0..30000"
         )
+    viewer = _viewer(gw, req)  # sees its own hidden (shadow-banned) messages
     hub = await gw.hubs.hub_for(room)
     hub.pollers += 1
     try:
-        msgs, too_old = await _read_after(hub, after, limit)
+        msgs, too_old = await _read_after(hub, after, limit, viewer)
         if not msgs and wait_ms > 0 and not too_old:
             # Woken by the room's own subscription (the same one that feeds WebSocket viewers).
             with trio.move_on_after(wait_ms / 1000):
                 while hub.delivered_to <= after:
                     await hub.wait_new_data()
-            msgs, too_old = await _read_after(hub, after, limit)
+            msgs, too_old = await _read_after(hub, after, limit, viewer)
     finally:
         hub.pollers -= 1
     last = max(hub.delivered_to, msgs[-1][0] if msgs else 0)
@@ -184,17 +205,35 @@ async def _poll(gw: Gateway, req: Request, room: str) -> Response:
     return Response(200, b"".join(parts))
 
 
-async def _read_after(hub: Any, after: int, limit: int) -> tuple[list[tuple[int, bytes]], bool]:
-    """Messages after ``after``: from the hub's ring, else from the room stream."""
+async def _read_after(
+    hub: Any, after: int, limit: int, viewer: str | None = None
+) -> tuple[list[tuple[int, bytes]], bool]:
+    """Messages after ``after``: from the hub's ring, else from the room stream.
+
+    A message hidden for everyone but its sender (shadow-ban) is left out unless ``viewer`` is
+    that sender."""
     recent = hub.recent_after(after, limit)
     if recent is not None:
-        return [(m.seq, m.data) for m in recent], False
+        return [(m.seq, m.data) for m in recent if m.hidden is None or m.hidden == viewer], False
     entries = await hub.redis.execute(
         "XRANGE", keys.stream_key(hub.room), f"{after + 1}-0", "+", "COUNT", limit
     )
     out = [(int(eid.split(b"-", 1)[0]), fields[1]) for eid, fields in entries or []]
     too_old = bool(out) and out[0][0] != after + 1
+    if any(data.endswith(HIDDEN_MARK) for _seq, data in out):
+        shown = [Msg.from_json(seq, data) for seq, data in out]
+        out = [(m.seq, m.data) for m in shown if m.hidden is None or m.hidden == viewer]
     return out, too_old
+
+
+def _viewer(gw: Gateway, req: Request) -> str | None:
+    auth = req.headers.get("authorization", "")
+    if not auth.lower().startswith("bearer "):
+        return None
+    try:
+        return verify_token(gw.secret, auth[7:].strip()).user
+    except TokenError:
+        return None
 
 
 def new_cmid() -> str:

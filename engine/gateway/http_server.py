@@ -11,8 +11,9 @@ import contextlib
 import hashlib
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -20,6 +21,7 @@ import trio
 
 from engine.gateway.conn import WsConn
 from engine.gateway.ws_session import Session
+from engine.tls import TOO_MANY, ConnectionLimiter, peer_address
 
 if TYPE_CHECKING:
     from engine.gateway.app import Gateway
@@ -38,6 +40,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes = b""
+    peer: str = ""  # the client's IP address ("" when unknown)
 
 
 @dataclass
@@ -64,11 +67,13 @@ async def serve_connection(gw: Gateway, stream: trio.abc.Stream) -> None:
     from engine.gateway.http_api import route
 
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+    peer = peer_address(stream)
     try:
         while True:
             req = await _read_request(conn, stream)
             if req is None:
                 return
+            req.peer = peer
             if req.path == "/ws" and req.method == "GET":
                 trailing = await _handshake(gw, conn, stream, req)
                 if trailing is None:
@@ -78,7 +83,7 @@ async def serve_connection(gw: Gateway, stream: trio.abc.Stream) -> None:
                 await _run_websocket(gw, stream, trailing)
                 return
             resp = await route(gw, req)
-            await _send_response(conn, stream, resp)
+            await _send_response(conn, stream, resp, head=req.method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -173,15 +178,16 @@ async def _run_websocket(gw: Gateway, stream: trio.abc.Stream, trailing: bytes) 
     await Session(gw, ws).run()
 
 
-async def _send_response(conn: h11.Connection, stream: trio.abc.Stream, resp: Response) -> None:
-    headers = [
-        ("content-type", resp.content_type),
-        ("content-length", str(len(resp.body))),
-        ("cache-control", "no-store"),
-        *resp.headers,
-    ]
+async def _send_response(
+    conn: h11.Connection, stream: trio.abc.Stream, resp: Response, *, head: bool = False
+) -> None:
+    headers = [("content-type", resp.content_type), ("content-length", str(len(resp.body)))]
+    if not any(name.lower() == "cache-control" for name, _ in resp.headers):
+        headers.append(("cache-control", "no-store"))  # unless the route chose its own (web.py)
+    headers += resp.headers
     data = conn.send(h11.Response(status_code=resp.status, headers=headers))
-    body = conn.send(h11.Data(data=resp.body)) if resp.body else b""
+    # A HEAD answer has the headers of the GET answer and no body (h11 refuses one).
+    body = conn.send(h11.Data(data=resp.body)) if resp.body and not head else b""
     end = conn.send(h11.EndOfMessage())
     await stream.send_all((data or b"") + (body or b"") + (end or b""))
 
@@ -199,18 +205,33 @@ async def _send_plain_error(
 
 async def serve_listeners(
     gw: Gateway,
-    listeners: list[trio.SocketListener],
+    listeners: Sequence[trio.SocketListener | trio.SSLListener[trio.SocketStream]],
     *,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve plain or TLS listeners (engine.tls), with the per-IP connection cap."""
     sndbuf = gw.settings.socket_sndbuf_bytes
+    limiter = ConnectionLimiter(gw.settings.max_conns_per_ip)
 
-    async def handler(stream: trio.SocketStream) -> None:
-        if sndbuf:  # caps the kernel's memory per viewer; 0 leaves the kernel's autotuning
-            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        await serve_connection(gw, stream)
+    async def handler(stream: trio.abc.Stream) -> None:
+        sock = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        if sndbuf and isinstance(sock, trio.SocketStream):
+            # caps the kernel's memory per viewer; 0 leaves the kernel's autotuning
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        address = peer_address(stream)
+        if not limiter.acquire(address):
+            with trio.move_on_after(5):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                         OSError):
+                    await stream.send_all(TOO_MANY)
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await serve_connection(gw, stream)
+        finally:
+            limiter.release(address)
 
-    await trio.serve_listeners(handler, listeners, task_status=task_status)
+    await trio.serve_listeners(handler, list(listeners), task_status=task_status)
 
 
 def query_int(req: Request, name: str, default: int, lo: int, hi: int) -> int | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -28,6 +28,7 @@ from engine.gateway.batching import (
     Msg,
     Sequencer,
     TickPolicy,
+    has_hidden,
     parse_publication,
     plan_catch_up,
 )
@@ -36,17 +37,21 @@ from engine.gateway.metrics import GatewayMetrics
 from engine.protocol import encode_batch, encode_reset
 from engine.wsframe import encode_text_frame
 
+if TYPE_CHECKING:
+    from engine.archive.store import ArchiveReader
+
 log = logging.getLogger("danmaku.hub")
 
 CATCH_UP_CHUNK = 200
 
 
 class Member:
-    __slots__ = ("active", "catching", "conn", "next_seq", "shed")
+    __slots__ = ("active", "catching", "conn", "next_seq", "shed", "user")
 
-    def __init__(self, conn: WsConn, next_seq: int) -> None:
+    def __init__(self, conn: WsConn, next_seq: int, user: str | None = None) -> None:
         self.conn = conn
         self.next_seq = next_seq
+        self.user = user  # who is watching: sees its own hidden (shadow-banned) messages
         self.shed = False
         self.catching = False
         self.active = True
@@ -89,6 +94,8 @@ class RoomHub:
         self._history_done: dict[tuple[int, int], list[Msg] | None] = {}
         self._nursery: trio.Nursery | None = None
         self.cancel_scope = trio.CancelScope()
+        # Set by the gateway when it has an archive: history older than the hot buffer.
+        self.archive: ArchiveReader | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -211,12 +218,30 @@ class RoomHub:
         if not msgs:
             return
         self._ready = []
+        # The window counts from the start of a flush: the tick period is max(window, flush
+        # time), so a long flush (many viewers) never leaves the core idle for a whole window.
+        self._last_flush = trio.current_time()
         first, last = msgs[0].seq, msgs[-1].seq
         self._ring.extend(msgs)
         self._frame_cache.clear()
-        frame = encode_text_frame(
-            encode_batch(self.room, self.epoch, [m.data for m in msgs], first, last, None)
-        )
+        # Rare slow path: a shadow-banned sender's message is skipped for everyone but its
+        # sender, whose connections get a frame of their own (one encode per such sender).
+        own: dict[str, bytes] | None = None
+        if has_hidden(msgs):
+            data, skipped = plan_catch_up(msgs, shed=False, hidden=True)
+            frame = encode_text_frame(
+                encode_batch(self.room, self.epoch, data, first, last, skipped or None)
+            )
+            own = {}
+            for owner in {m.hidden for m in msgs if m.hidden}:
+                data, skipped = plan_catch_up(msgs, shed=False, viewer=owner, hidden=True)
+                own[owner] = encode_text_frame(
+                    encode_batch(self.room, self.epoch, data, first, last, skipped or None)
+                )
+        else:
+            frame = encode_text_frame(
+                encode_batch(self.room, self.epoch, [m.data for m in msgs], first, last, None)
+            )
         shed_after = self._shed_after
         frames = 0
         for member in tuple(self.members.values()):
@@ -226,7 +251,7 @@ class RoomHub:
                 if conn.pending_bytes > shed_after:
                     member.shed = True
                     self._start_catch_up(member)
-                elif conn.write(frame):
+                elif conn.write(frame if own is None else own.get(member.user or "", frame)):
                     member.next_seq = last + 1
                     frames += 1
             elif ns > last:
@@ -234,9 +259,12 @@ class RoomHub:
             elif ns > first:
                 # Joined while these were in flight: only the part it has not had.
                 part = msgs[ns - first:]
+                data, skipped = plan_catch_up(
+                    part, shed=False, viewer=member.user, hidden=own is not None
+                )
                 member.conn.write(
                     encode_text_frame(
-                        encode_batch(self.room, self.epoch, [m.data for m in part], ns, last, None)
+                        encode_batch(self.room, self.epoch, data, ns, last, skipped or None)
                     )
                 )
                 member.next_seq = last + 1
@@ -244,7 +272,6 @@ class RoomHub:
             else:
                 self._start_catch_up(member)
         self.delivered_to = last
-        self._last_flush = trio.current_time()
         self._metrics.batches.inc()
         self._metrics.frames_out.inc(frames)
         self._metrics.messages_out.inc(frames * len(msgs))
@@ -252,8 +279,8 @@ class RoomHub:
         self._new_data = trio.Event()
 
     # ---- viewers -------------------------------------------------------------------------
-    def add_member(self, conn: WsConn, next_seq: int) -> Member:
-        member = Member(conn, next_seq)
+    def add_member(self, conn: WsConn, next_seq: int, user: str | None = None) -> Member:
+        member = Member(conn, next_seq, user)
         self.members[id(conn)] = member
         if next_seq <= self.delivered_to:
             self._start_catch_up(member)
@@ -294,17 +321,26 @@ class RoomHub:
                     )
                     member.shed = False
                     return
-                conn.write(self._catch_up_frame(first, last, msgs, member.shed))
+                conn.write(self._catch_up_frame(first, last, msgs, member.shed, member.user))
                 member.next_seq = last + 1
                 self._metrics.catch_up_frames.inc()
         finally:
             member.catching = False
 
-    def _catch_up_frame(self, first: int, last: int, msgs: Sequence[Msg], shed: bool) -> bytes:
+    def _catch_up_frame(
+        self, first: int, last: int, msgs: Sequence[Msg], shed: bool, viewer: str | None = None
+    ) -> bytes:
+        hidden = has_hidden(msgs)
+        if hidden and viewer is not None and any(m.hidden == viewer for m in msgs):
+            # The viewer's own hidden messages: a frame for it alone, never cached.
+            data, skipped = plan_catch_up(msgs, shed=shed, viewer=viewer, hidden=True)
+            return encode_text_frame(
+                encode_batch(self.room, self.epoch, data, first, last, skipped or None)
+            )
         key = (first, last, shed)
         frame = self._frame_cache.get(key)
         if frame is None:
-            data, skipped = plan_catch_up(msgs, shed=shed)
+            data, skipped = plan_catch_up(msgs, shed=shed, hidden=hidden)
             frame = encode_text_frame(
                 encode_batch(self.room, self.epoch, data, first, last, skipped or None)
             )
@@ -328,6 +364,8 @@ class RoomHub:
         event = self._history_inflight[key] = trio.Event()
         try:
             result = await self._read_stream(first, last)
+            if result is None and self.archive is not None:
+                result = await self._read_archived(first, last)
             self._history_done[key] = result
             return result
         finally:
@@ -348,6 +386,15 @@ class RoomHub:
         if len(msgs) != last - first + 1 or (msgs and msgs[0].seq != first):
             return None
         return msgs
+
+    async def _read_archived(self, first: int, last: int) -> list[Msg] | None:
+        """first..last from the archive up to where the hot buffer begins, then from Redis
+        (engine/archive/resume.py); None if even the archive cannot fill it."""
+        from engine.archive.resume import read_across_seam
+
+        assert self.archive is not None
+        got = await read_across_seam(self.redis, self.archive, self.room, self.epoch, first, last)
+        return None if got is None else [Msg.from_json(seq, data) for seq, data in got]
 
     def recent_after(self, seq: int, limit: int) -> list[Msg] | None:
         return self._ring.after(seq, limit) if self.delivered_to > seq else []

@@ -18,6 +18,7 @@ import trio
 
 from engine import protocol as p
 from engine.errors import TokenError
+from engine.gateway import moderation_ops
 from engine.gateway.conn import ConnectionGone, TooLarge, WsConn
 from engine.gateway.room_hub import RoomHub
 from engine.tokens import Identity, verify_token
@@ -99,7 +100,10 @@ class Session:
                 try:
                     ident = verify_token(self.gw.secret, event.token)
                     self.identity = replace(ident, name=p.sanitize_name(ident.name, self.gw.limits))
+                    if await moderation_ops.token_revoked(self.gw, ident):
+                        raise TokenError("token revoked")
                 except TokenError as exc:
+                    self.identity = None
                     self.send(p.encode_error(p.ERR_UNAUTHORIZED, str(exc)))
                     await self.conn.close(p.CLOSE_UNAUTHORIZED, "bad token")
                     return False
@@ -136,7 +140,7 @@ class Session:
             return p.ProtocolError(
                 p.ERR_TOO_LARGE, f"frame of {item.size} bytes is over the limit", None, None, None
             )
-        return p.decode_client_frame(item, self.gw.limits)
+        return p.decode_client_frame(item, self.gw.limits, extensions=True)
 
     def _flooding(self) -> bool:
         """A per-connection token bucket over every frame received."""
@@ -170,6 +174,8 @@ class Session:
             await self._on_join(event)
         elif isinstance(event, p.Leave):
             await self._on_leave(event.room)
+        elif isinstance(event, p.Mod):
+            await moderation_ops.handle_mod(self, event)
         elif isinstance(event, p.Hello):
             self.send(p.encode_error(p.ERR_BAD_REQUEST, "already said hello"))
 
@@ -211,7 +217,7 @@ class Session:
             next_seq = last + 1
         else:
             next_seq = min(since.seq, last) + 1
-        hub.add_member(self.conn, next_seq)
+        hub.add_member(self.conn, next_seq, ident.user)
         self.rooms[room] = hub
 
     async def _on_leave(self, room: str, *, quiet: bool = False) -> None:
