@@ -477,6 +477,7 @@ def run_once(scn: Scenario, args: argparse.Namespace, label: str) -> dict[str, A
                     "--url", f"ws://127.0.0.1:{port}/ws", "--secret", secret, "--room", ROOM,
                     "--rate", str(scn.rate), "--duration", str(sender_s),
                     "--warmup", str(args.warmup), "--measure", str(args.duration),
+                    "--connections", str(args.sender_connections),
                 ],
                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -732,6 +733,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-rate", type=float, nargs="+", default=[200.0, 1000.0],
                         help="comments/s of the max scenario (each is a run; at 10 ms ticks "
                         "the gateway saturates at any of them, larger rates mean larger frames)")
+    parser.add_argument("--sender-connections", type=int, default=0,
+                        help="sender WebSockets (default 0: one per 100 comments/s)")
     parser.add_argument("--connect-rate", type=float, default=2000.0, help="new viewers/s")
     parser.add_argument("--lat-every", type=int, default=1,
                         help="measure latency on every K-th viewer (default every viewer)")

@@ -243,3 +243,36 @@ async def test_a_dropped_pubsub_connection_loses_nothing(redis_url: str) -> None
             # the connection, so the viewer's stream is the proof, not the acks.
             batches = await collect_batches(viewer, "r", 11)
             assert check_contiguous(batches, 1) == list(range(1, 12))
+
+
+async def test_chunked_flush_delivers_each_seq_once_while_viewers_come_and_go(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contextlib import AsyncExitStack
+
+    from engine.gateway import room_hub
+
+    monkeypatch.setattr(room_hub, "FLUSH_CHUNK", 2)  # yield between every two viewers
+    with trio.fail_after(30):
+        async with running_stack([redis_url]) as st, connect(
+            st.ws_url(), st.token("s")
+        ) as sender, AsyncExitStack() as stack:
+            await sender.join("r")
+            viewers = [await stack.enter_async_context(connect(st.ws_url(), None))
+                       for _ in range(5)]
+            epoch = ""
+            for v in viewers:
+                epoch = (await v.join("r"))["epoch"]
+            late = None
+            for i in range(1, 41):
+                await sender.send_text("r", f"m{i}")
+                if i == 20:  # a viewer joins mid-stream, resuming from seq 10
+                    late = await stack.enter_async_context(connect(st.ws_url(), None))
+                    await late.join("r", since={"epoch": epoch, "seq": 10})
+            for v in viewers:
+                assert check_contiguous(await collect_batches(v, "r", 40), 1) == list(
+                    range(1, 41)
+                )
+            assert late is not None
+            resumed = await collect_batches(late, "r", 40)
+            assert check_contiguous(resumed, 11) == list(range(11, 41))

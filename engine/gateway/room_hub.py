@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("danmaku.hub")
 
 CATCH_UP_CHUNK = 200
+FLUSH_CHUNK = 1000  # viewers written between two scheduler checkpoints
 
 
 class Member:
@@ -211,9 +212,17 @@ class RoomHub:
             at = self._policy.flush_at(self._last_flush, len(self.members))
             if at > trio.current_time():
                 await trio.sleep_until(at)
-            self.flush()
+            await self.flush()
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
+        """Write the collected messages as one batch to every up-to-date viewer.
+
+        The loop yields to the scheduler every ``FLUSH_CHUNK`` viewers, so that with many
+        viewers the gateway keeps reading sends and publications while a batch goes out
+        (otherwise each hop of a message through this gateway could wait a whole flush).
+        ``delivered_to`` and the ring are updated before the first write, so viewers that
+        join or catch up meanwhile are served from the ring and nothing is sent twice.
+        """
         msgs = self._ready
         if not msgs:
             return
@@ -242,9 +251,16 @@ class RoomHub:
             frame = encode_text_frame(
                 encode_batch(self.room, self.epoch, [m.data for m in msgs], first, last, None)
             )
+        self.delivered_to = last
+        self._new_data.set()
+        self._new_data = trio.Event()
         shed_after = self._shed_after
         frames = 0
-        for member in tuple(self.members.values()):
+        for i, member in enumerate(tuple(self.members.values())):
+            if i and not i % FLUSH_CHUNK:
+                await trio.lowlevel.checkpoint()
+            if not member.active:
+                continue
             ns = member.next_seq
             if ns == first:
                 conn = member.conn
@@ -271,12 +287,9 @@ class RoomHub:
                 frames += 1
             else:
                 self._start_catch_up(member)
-        self.delivered_to = last
         self._metrics.batches.inc()
         self._metrics.frames_out.inc(frames)
         self._metrics.messages_out.inc(frames * len(msgs))
-        self._new_data.set()
-        self._new_data = trio.Event()
 
     # ---- viewers -------------------------------------------------------------------------
     def add_member(self, conn: WsConn, next_seq: int, user: str | None = None) -> Member:
