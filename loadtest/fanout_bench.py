@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import platform
 import queue
@@ -248,6 +249,18 @@ def unexplained_load(r: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def engine_digest() -> str:
+    """SHA-1 (12 hex) of every engine and rooms source file: which engine a run measured
+    (others edit the engine while benchmarks run; each run loads the files at its start)."""
+    digest = hashlib.sha1()
+    for path in sorted([*REPO.glob("engine/**/*.py"), *REPO.glob("rooms/**/*.py"),
+                        *REPO.glob("rooms/**/*.lua")]):
+        digest.update(str(path.relative_to(REPO)).encode())
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -441,8 +454,11 @@ def run_once(scn: Scenario, args: argparse.Namespace, label: str) -> dict[str, A
     log_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"scenario": scn.name, "kind": scn.kind, "viewers": scn.viewers,
                               "rate": scn.rate, "gateway_env": scn.gateway_env,
-                              "whatif": args.whatif}
+                              "whatif": args.whatif, "engine_digest": engine_digest(),
+                              "started_at": time.strftime("%H:%M:%S")}
     swarm = sender = spy = None
+    swarm_err: Lines | None = None
+    sender_err: Lines | None = None
     with tempfile.TemporaryDirectory(prefix="danmaku-fanout-") as tmpdir, engine_stack(
         Path(tmpdir), scn, secret, log_dir, args.whatif
     ) as (port, gateway, worker, redis):
@@ -459,7 +475,8 @@ def run_once(scn: Scenario, args: argparse.Namespace, label: str) -> dict[str, A
                 ],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
-            assert swarm.stdin is not None and swarm.stdout is not None
+            assert swarm.stdin is not None
+            assert swarm.stdout is not None
             assert swarm.stderr is not None
             swarm_err = Lines(swarm.stderr, echo=lambda s: print(f"    swarm: {s}"))
             ready = swarm_err.wait_event("ready", 90)
@@ -482,7 +499,8 @@ def run_once(scn: Scenario, args: argparse.Namespace, label: str) -> dict[str, A
                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
-            assert sender.stdout is not None and sender.stderr is not None
+            assert sender.stdout is not None
+            assert sender.stderr is not None
             sender_err = Lines(sender.stderr, echo=lambda s: print(f"    sender: {s}"))
             sender_err.wait_event("ready", 30)
             swarm.stdin.write(b"go\n")
@@ -531,8 +549,6 @@ def run_once(scn: Scenario, args: argparse.Namespace, label: str) -> dict[str, A
             result["noise"].update(unexplained_load(result))
             out, _ = sender.communicate(timeout=args.warmup + args.duration + 90)
             sender_err.join()
-            (log_dir / "sender.stderr").write_text("\n".join(sender_err.lines) + "\n")
-            (log_dir / "swarm.stderr").write_text("\n".join(swarm_err.lines) + "\n")
             if not out.strip():
                 raise RuntimeError(
                     f"sender exited {sender.returncode} without a result:\n"
@@ -553,6 +569,9 @@ def run_once(scn: Scenario, args: argparse.Namespace, label: str) -> dict[str, A
             if spy is not None:
                 spy[0].kill()
                 spy[0].wait()
+            for name, lines in (("sender", sender_err), ("swarm", swarm_err)):
+                if lines is not None:
+                    (log_dir / f"{name}.stderr").write_text("\n".join(lines.lines) + "\n")
         summarize(result)
         return result
 
@@ -749,7 +768,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "core) is noisy: it is retried and left out of the medians")
     parser.add_argument("--max-retries", type=int, default=2,
                         help="extra attempts per scenario for noisy runs")
-    parser.add_argument("--whatif", choices=["flush-start"], default=None,
+    parser.add_argument("--whatif", choices=["flush-start", "flush-end"], default=None,
                         help="run the gateway with an experimental change patched in at run time "
                         "(loadtest/gateway_whatif.py); results are labelled what-if")
     parser.add_argument("--profile", action="store_true",
@@ -782,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
             print("   " + orjson.dumps(ceiling[-1]).decode(), flush=True)
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in plan}
     deadline = started + args.budget_min * 60
-    run_s = args.warmup + args.duration + 20 + max(s.viewers for s in plan) / args.connect_rate
+    biggest = max((s.viewers for s in plan), default=0)
+    run_s = args.warmup + args.duration + 20 + biggest / args.connect_rate
 
     def attempt(scn: Scenario, n: int) -> None:
         label = f"{stamp}-{scn.name.replace('@', '-').replace('/', '')}-{n}"

@@ -7,15 +7,19 @@ load, side by side with the unpatched gateway. Not part of the engine; the numbe
 are labelled "what-if" wherever they are reported.
 
 flush-start
-    ``RoomHub.flush`` records ``_last_flush`` at the END of the flush, so the next tick waits a
-    full window after the previous flush finished: the tick period is window + flush time. With
-    10,000 viewers one flush takes ~100 ms and the window is 83 ms, so the core idles ~45% of the
-    time while latency doubles. The patch counts the window from the START of the flush instead
-    (period = max(window, flush time)).
+    Counts the tick window from the START of a flush (period = max(window, flush time)). The
+    engine as first benchmarked stamped ``_last_flush`` at the END of ``RoomHub.flush``, so the
+    tick period was window + flush time: with 10,000 viewers (window 83 ms, flush ~100 ms) the
+    core idled ~45% of the time and frames/s halved. The engine has since adopted this (the
+    patch is then a no-op).
+flush-end
+    The reverse: restores the old end-of-flush stamp on an engine that has the fix, to measure
+    the before/after difference in one session.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -29,20 +33,41 @@ from engine.cli import main  # noqa: E402
 from engine.gateway.room_hub import RoomHub  # noqa: E402
 
 
-def patch_flush_start() -> None:
+def _wrap_flush(stamp_at_start: bool) -> None:
+    """Re-stamp ``_last_flush`` after ``RoomHub.flush`` (sync or async, as the engine has it)."""
     original = RoomHub.flush
 
-    def flush(self: RoomHub) -> None:
-        started = trio.current_time()
-        had = bool(self._ready)
-        original(self)
+    def restamp(self: RoomHub, had: bool, started: float) -> None:
         if had:
-            self._last_flush = started
+            self._last_flush = started if stamp_at_start else trio.current_time()
 
-    RoomHub.flush = flush  # type: ignore[method-assign]
+    if inspect.iscoroutinefunction(original):
+
+        async def flush_async(self: RoomHub) -> None:
+            started, had = trio.current_time(), bool(self._ready)
+            await original(self)
+            restamp(self, had, started)
+
+        RoomHub.flush = flush_async  # type: ignore[method-assign,assignment]
+    else:
+
+        def flush(self: RoomHub) -> None:
+            started, had = trio.current_time(), bool(self._ready)
+            original(self)
+            restamp(self, had, started)
+
+        RoomHub.flush = flush  # type: ignore[method-assign]
 
 
-PATCHES = {"flush-start": patch_flush_start}
+def patch_flush_start() -> None:
+    _wrap_flush(stamp_at_start=True)
+
+
+def patch_flush_end() -> None:
+    _wrap_flush(stamp_at_start=False)
+
+
+PATCHES = {"flush-start": patch_flush_start, "flush-end": patch_flush_end}
 
 
 if __name__ == "__main__":

@@ -276,3 +276,28 @@ async def test_chunked_flush_delivers_each_seq_once_while_viewers_come_and_go(
             assert late is not None
             resumed = await collect_batches(late, "r", 40)
             assert check_contiguous(resumed, 11) == list(range(11, 41))
+
+
+async def test_mass_disconnect_updates_online_and_registry_in_batches(redis_url: str) -> None:
+    from contextlib import AsyncExitStack
+
+    import trio.testing
+
+    from engine.redis import RedisClient
+
+    with trio.fail_after(30):
+        async with running_stack([redis_url]) as st, RedisClient(redis_url) as redis:
+            gw = st.gateways[0]
+            async with AsyncExitStack() as stack:
+                for i in range(30):
+                    c = await stack.enter_async_context(connect(st.ws_url(), st.token(f"u{i}")))
+                    await c.join("r")
+                assert len(await redis.execute("KEYS", "danmaku:sess:*")) == 30
+            # Every session has ended once the gateway has nothing left to do.
+            while gw.sessions:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert await gw.online("r") == 0
+            assert await redis.execute("KEYS", "danmaku:sess:*") == []
+            async with connect(st.ws_url(), None) as c:
+                assert (await c.join("r"))["online"] == 1

@@ -85,6 +85,8 @@ class Gateway:
             on_replies=self.on_replies,
         )
         self.ingress = IngressWriter(shards)
+        self._dirty_rooms: set[str] = set()
+        self._dirty_wake = trio.Event()
         self.nursery: trio.Nursery | None = None
         # The ClickHouse archive (issue 3): replay, /dashboards, deep resume; None = no archive.
         self.archive: ArchiveStore | None = None
@@ -95,8 +97,10 @@ class Gateway:
             self.nursery = nursery
             await nursery.start(self.hubs.run)
             nursery.start_soon(self.ingress.run)
+            nursery.start_soon(self._online_writer)
             await self.announce()
             nursery.start_soon(self.registry.refresh_loop, self.local_counts)
+            nursery.start_soon(self.registry.run_removals)
             nursery.start_soon(self._announce_loop)
             task_status.started()
 
@@ -163,11 +167,42 @@ class Gateway:
         return epoch_s, int(seq or 0), sum_online(online, now)
 
     async def left_room(self, room: str, hub: RoomHub) -> None:
+        """An explicit leave: the room's count is written before ``left`` is answered."""
         value = online_field_value(len(hub.members), now_ms(), self.settings.online_ttl_ms)
         try:
             await hub.redis.execute("HSET", keys.online_key(room), self.node_id, value)
         except Exception as exc:
             log.debug("online update for %s failed: %s", room, exc)
+
+    def left_room_nowait(self, room: str) -> None:
+        """A disconnect: the count is written by ``_online_writer``, coalesced per room.
+
+        When thousands of viewers drop at once (a network blip, a swarm ending) this is one
+        HSET per room per pass instead of one round trip per viewer competing with sends.
+        """
+        self._dirty_rooms.add(room)
+        self._dirty_wake.set()
+
+    async def _online_writer(self) -> None:
+        while True:
+            await self._dirty_wake.wait()
+            self._dirty_wake = trio.Event()
+            rooms, self._dirty_rooms = self._dirty_rooms, set()
+            now = now_ms()
+            batches: dict[int, list[list[Any]]] = {}
+            for room in rooms:
+                hub = self.hubs.hubs.get(room)
+                value = online_field_value(
+                    len(hub.members) if hub else 0, now, self.settings.online_ttl_ms
+                )
+                batches.setdefault(self.shards.index_for(room), []).append(
+                    ["HSET", keys.online_key(room), self.node_id, value]
+                )
+            for index, commands in batches.items():
+                try:
+                    await self.shards.client_for_index(index).pipeline(commands)
+                except RedisError as exc:  # the periodic refresh repairs the counts
+                    log.debug("online update failed: %s", exc)
 
     async def online(self, room: str) -> int:
         flat = await self.shards.client_for(room).execute("HGETALL", keys.online_key(room))

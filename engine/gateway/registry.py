@@ -58,6 +58,8 @@ class Registry:
         self._session_ttl_s = max(1, int(heartbeat_ms * 3 / 1000))
         self.ttl_ms = ttl_ms
         self._users: dict[str, set[str]] = defaultdict(set)
+        self._gone: list[tuple[str, str]] = []
+        self._gone_wake = trio.Event()
 
     async def register(self, session: Session) -> None:
         assert session.identity is not None
@@ -68,7 +70,8 @@ class Registry:
             [["HSET", key, session.id, self._node], ["EXPIRE", key, self._session_ttl_s]]
         )
 
-    async def unregister(self, session: Session) -> None:
+    def unregister(self, session: Session) -> None:
+        """Forget a session; its HDEL is batched with others by ``run_removals``."""
         assert session.identity is not None
         user = session.identity.user
         sessions = self._users.get(user)
@@ -76,9 +79,22 @@ class Registry:
             sessions.discard(session.id)
             if not sessions:
                 del self._users[user]
-        key = session_key(user)
-        with contextlib.suppress(RedisError):  # else the TTL removes it anyway
-            await self._shards.client_for(key).execute("HDEL", key, session.id)
+        self._gone.append((user, session.id))
+        self._gone_wake.set()
+
+    async def run_removals(self) -> None:
+        """One pipeline per shard for all sessions that ended since the last pass."""
+        while True:
+            await self._gone_wake.wait()
+            self._gone_wake = trio.Event()
+            gone, self._gone = self._gone, []
+            batches: dict[int, list[list[Any]]] = defaultdict(list)
+            for user, sid in gone:
+                key = session_key(user)
+                batches[self._shards.index_for(key)].append(["HDEL", key, sid])
+            for index, commands in batches.items():
+                with contextlib.suppress(RedisError):  # else the TTL removes them anyway
+                    await self._shards.client_for_index(index).pipeline(commands)
 
     async def sessions_of(self, user: str) -> dict[str, str]:
         key = session_key(user)

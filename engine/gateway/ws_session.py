@@ -74,10 +74,10 @@ class Session:
     async def _cleanup(self) -> None:
         for room, hub in list(self.rooms.items()):
             hub.remove_member(self.conn)
-            await self.gw.left_room(room, hub)
+            self.gw.left_room_nowait(room)
         self.rooms.clear()
         if self.identity is not None and not self.identity.guest:
-            await self.gw.registry.unregister(self)
+            self.gw.registry.unregister(self)
         if self.conn.close_code == 4009:
             self.gw.metrics.queue_drops.inc()
         await self.conn.aclose()
