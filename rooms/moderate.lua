@@ -6,10 +6,10 @@
 -- duplicate window advance only when the message was sequenced for the first time, so a resend
 -- (same user and cmid) or a worker's re-run after a crash is never charged twice.
 --
--- KEYS: the ingest step's keys (it reads them by absolute index), then two at the end:
---   KEYS[#KEYS-1]  {r:<room>}:mod:cfg   the room's moderation config (hash, see below)
---   KEYS[#KEYS]    {r:<room>}:dd:...    the dedupe record of (user, cmid) (the ingest step's too)
--- Keys built here from the config key's prefix carry the same hash tag, so the same slot:
+-- KEYS: the ingest step's keys, no more (the call stays as small as the plain one): KEYS[5]
+-- is the dedupe record of (user, cmid), and the moderation keys are built here from the room's
+-- hash tag, the prefix of KEYS[1] ('{r:<room>}:seq'), so they are in the same slot:
+--   {r:<room>}:mod:cfg        the room's moderation config (hash, see below)
 --   {r:<room>}:mod:x:<user>   sanctions (hash: ban | mute | shadow -> until ms, "0" = no end)
 --   {r:<room>}:mod:u:<user>   the user's rate state (hash: bt tokens, bts ms, sl last ms,
 --                             dh recent text hashes "<hash>:<ms>,...")
@@ -20,15 +20,15 @@
 --   filter mode, whether dup_ms is on; bumped by every change of those), slow_ms, allow_only
 --   ("1"), dup_ms, urate/uburst (per-user messages per second / burst), rrate/rburst (the room's).
 --
--- ARGV: the ingest step's args, then two at the end:
---   ARGV[#ARGV-1]  the sender's user id
---   ARGV[#ARGV]    "<rank> <kind> <text hash> <verdict> <hidden> <words version>"
+-- ARGV: the ingest step's args, then one at the end:
+--   ARGV[#ARGV]    "<rank> <kind> <text hash> <verdict> <hidden> <words version> <user id>"
 --                  rank: 0 viewer, 1 moderator, 2 streamer, 3 admin (the token's role);
 --                  kind: d for danmaku, p for a privileged kind (gift, superchat, system);
 --                  verdict: 1 when the worker's word filter refused the text, else 0;
 --                  hidden: 1 when ARGV[5] carries the hidden-for-others marker;
 --                  text hash: 0 when the worker's config says duplicates are not checked;
 --                  words version: the config's wv the worker's view was built from ("" = none)
+--                  user id: the sender's, the rest of the string (it may hold spaces)
 --
 -- Returns what the ingest step returns, or:
 --   {-2, code, ms, detail}  refused: nack code (banned, muted, unauthorized, filtered,
@@ -56,21 +56,18 @@ local function bucket(tokens, at, rate, burst, now)
 end
 
 local function moderate()
-  local nk, na = #KEYS, #ARGV
-  local cfg_key, dd_key = KEYS[nk - 1], KEYS[nk]
-  if redis.call('EXISTS', dd_key) == 1 then
+  if redis.call('EXISTS', KEYS[5]) == 1 then
     return nil  -- a resend of a sequenced message: the ingest step answers with its seq
   end
-  local user = ARGV[na - 1]
-  local rank, kind, th, verdict, hidden_arg, wv =
-    string.match(ARGV[na], '^(%d) (%a) (%d+) (%d) (%d) ?(%S*)$')
+  local rank, kind, th, verdict, hidden_arg, wv, user =
+    string.match(ARGV[#ARGV], '^(%d) (%a) (%d+) (%d) (%d) (%S*) (.*)$')
   rank = tonumber(rank)
-  local c = redis.call('HMGET', cfg_key, 'wv', 'slow_ms', 'allow_only', 'dup_ms',
+  local prefix = string.sub(KEYS[1], 1, -4) .. 'mod:'  -- '{r:<room>}:seq' -> '{r:<room>}:mod:'
+  local c = redis.call('HMGET', prefix .. 'cfg', 'wv', 'slow_ms', 'allow_only', 'dup_ms',
                        'urate', 'uburst', 'rrate', 'rburst')
   if (c[1] or '') ~= wv then
     return {-3, c[1] or ''}
   end
-  local prefix = string.sub(cfg_key, 1, -4)  -- '{r:<room>}:mod:'
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local privileged = rank >= 2

@@ -47,7 +47,7 @@ from engine.redis import Script
 from rooms.keyword_filter import EMPTY_MATCHER, KeywordMatcher, fold
 
 ROLE_RANK: Final = {"viewer": 0, "moderator": 1, "streamer": 2, "admin": 3}
-OUTCOME_STREAM: Final = "danmaku:modout"  # refused messages, for the archive
+OUTCOME_STREAM: Final = keys.MODERATION_STREAM  # refused messages, for the archive
 OUTCOME_MAXLEN: Final = 100_000
 FILTER_MODES: Final = ("off", "deny", "mask")
 _HERE = Path(__file__).parent
@@ -101,7 +101,12 @@ def allow_key(room: str) -> str:
 
 def text_hash(text: str) -> int:
     """Stable across processes (unlike ``hash``): duplicate detection compares these."""
-    return zlib.crc32(fold(text).encode("utf-8", "surrogatepass"))
+    return folded_hash(fold(text))
+
+
+def folded_hash(folded: str) -> int:
+    """``text_hash`` of a text already folded (the worker folds each text once)."""
+    return zlib.crc32(folded.encode("utf-8", "surrogatepass"))
 
 
 # -- the word filter cache ------------------------------------------------------------------------
@@ -156,33 +161,35 @@ class RoomModeration:
         """Turn the ingest call ``(k, a)`` into the moderated one, in place.
 
         May replace the message tail (``a[4]``: masked text, hidden marker) and the archive
-        fields (``a[8]``), and appends the moderation step's two keys and two args.
+        fields (``a[8]``), and appends the moderation step's one arg (the script finds its
+        keys from the ingest step's: see moderate.lua). Runs for every message: the text is
+        folded once, and only when a filter or the duplicate window needs it.
         """
-        room = msg.room
         rank = ROLE_RANK.get(msg.role, 0)
-        rf = self._filters.get(room, _NO_FILTER)
+        rf = self._filters.get(msg.room, _NO_FILTER)
         verdict = 0
-        if rank == 0 and rf.mode != "off" and rf.matcher.words:
-            if rf.mode == "deny":
-                if rf.matcher.contains(text):
-                    verdict = 1
-                    self.filtered += 1
-            else:
-                masked = rf.matcher.mask(text)
-                if masked is not None:
-                    a[4] = self._tail_of(replace(msg, body=_with_text(msg.body, masked)))
-                    self.masked += 1
+        th = 0
+        if rf.version:  # the room has a config: words or the duplicate window may apply
+            folded = fold(text)
+            if rank == 0 and rf.mode != "off" and rf.matcher.words:
+                if rf.mode == "deny":
+                    if rf.matcher.contains_folded(folded):
+                        verdict = 1
+                        self.filtered += 1
+                else:
+                    masked = rf.matcher.mask(text)
+                    if masked is not None:
+                        a[4] = self._tail_of(replace(msg, body=_with_text(msg.body, masked)))
+                        self.masked += 1
+            if rf.dup:
+                th = folded_hash(folded)
         if hidden:
             a[4] = bytes(a[4]) + HIDDEN_MARK
             x = bytes(a[8])
             a[8] = x[:-1] + (b',"hidden":1}' if len(x) > 2 else b'"hidden":1}')
-        user = msg.user
-        k.append("{r:" + room + "}:mod:cfg")  # keys.room_tag, inlined: this runs per message
-        k.append(keys.dedupe_key(room, user, msg.cmid))
-        a.append(user)
         a.append(
-            f"{rank} {'d' if msg.kind == 'danmaku' else 'p'} {text_hash(text) if rf.dup else 0}"
-            f" {verdict} {1 if hidden else 0} {rf.version}"
+            f"{rank} {'d' if msg.kind == 'danmaku' else 'p'} {th} {verdict}"
+            f" {1 if hidden else 0} {rf.version} {msg.user}"
         )
 
     def refusal(self, msg: IngressMessage, result: Sequence[Any]) -> Reply | None:
@@ -209,7 +216,7 @@ class RoomModeration:
 
         The stream is ``danmaku:modout`` on the room's shard (``{r:<room>}:modout`` under Redis
         Cluster), capped; the archiver reads it like the archive stream."""
-        key = keys.room_tag(msg.room) + ":modout" if cluster else OUTCOME_STREAM
+        key = keys.moderation_stream(msg.room, cluster=cluster)
         return [
             "XADD", key, "MAXLEN", "~", OUTCOME_MAXLEN, "*", "r", msg.room, "u", msg.user,
             "code", reply.code, "ts", int(time.time() * 1000), "c", msg.cmid, "t", text[:200],

@@ -25,6 +25,8 @@ A moderator cannot sanction or kick an appointed moderator (a streamer or admin 
 sanctions themselves. Every action that changes something is written to the audit log (a Redis
 stream per shard, ``danmaku:audit``; ``{r:<room>}:audit`` under Redis Cluster) in the same round
 trip as the change, with the actor, its effective role, the target and the door it came through.
+The archiver copies the log into the archive's ``audit`` table (``engine.archive.sinks``) and
+leaves the stream as it is: ``read_audit`` answers from its newest entries.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from rooms.moderation import (
 
 SANCTION: Final = Script.from_file(Path(__file__).with_name("sanction.lua"))
 AUDIT_MAXLEN: Final = 100_000
-GLOBAL_AUDIT_KEY: Final = "danmaku:audit"
+GLOBAL_AUDIT_KEY: Final = keys.AUDIT_STREAM
 MAX_ROOM_WORDS: Final = 20_000
 DEFAULT_MUTE_S: Final = 600
 RANK_NAMES: Final = {0: "viewer", 1: "moderator", 2: "streamer", 3: "admin"}
@@ -124,7 +126,8 @@ CONFIG_KEYS: Final[Mapping[str, _Setting]] = {
 
 
 def audit_key(room: str | None, *, cluster: bool) -> str:
-    return keys.room_tag(room) + ":audit" if room is not None and cluster else GLOBAL_AUDIT_KEY
+    """The audit stream of ``room`` (``keys.audit_stream``; the archiver drains it too)."""
+    return keys.audit_stream(room, cluster=cluster)
 
 
 def audit_fields(

@@ -19,7 +19,13 @@ from engine import keys
 from engine.archive.archiver import GROUP, SHARD_STREAM, Archiver
 from engine.archive.rows import seq_of
 from engine.archive.service import open_archiver
-from engine.archive.store import ArchiveStore, MessageRows, open_store
+from engine.archive.store import (
+    ArchiveStore,
+    AuditEntry,
+    MessageRows,
+    ModerationOutcome,
+    open_store,
+)
 from engine.config import Settings
 from engine.redis import RedisClient, ShardSet
 from tests.archive_fixtures import (
@@ -94,7 +100,7 @@ async def test_crash_between_insert_and_xack_duplicates_nothing(
             crashing = Archiver(shards, archive_store, settings)
             batches = 0
 
-            async def crash_on_second_batch(_entries: list[Any]) -> None:
+            async def crash_on_second_batch(_table: str, _entries: list[Any]) -> None:
                 nonlocal batches
                 batches += 1
                 if batches == 2:
@@ -127,7 +133,7 @@ async def test_another_archiver_takes_over_a_dead_ones_entries(
         async with ShardSet([redis_url]) as shards:
             dead = Archiver(shards, archive_store, replace(FAST_ARCHIVE, node_id="dead"))
 
-            async def crash(_entries: list[Any]) -> None:
+            async def crash(_table: str, _entries: list[Any]) -> None:
                 raise Crash
 
             dead.after_insert = crash
@@ -152,37 +158,66 @@ class FlakyStore:
         self.down = False
         self.description = store.description
 
-    async def insert(self, rows: MessageRows) -> None:
+    async def _check(self) -> None:
         if self.down:
             await trio.sleep(0.01)
             raise ConnectionRefusedError("archive down (simulated)")
+
+    async def insert(self, rows: MessageRows) -> None:
+        await self._check()
         await self._store.insert(rows)
+
+    async def insert_moderation(self, outcomes: Sequence[ModerationOutcome]) -> None:
+        await self._check()
+        await self._store.insert_moderation(outcomes)
+
+    async def insert_audit(self, entries: Sequence[AuditEntry]) -> None:
+        await self._check()
+        await self._store.insert_audit(entries)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+
+class Outage:
+    """The archive goes away and comes back: the test server is stopped and started again; the
+    embedded engine (which cannot be stopped from outside) fails its inserts meanwhile."""
+
+    def __init__(
+        self, store: ArchiveStore, engine: str, request: pytest.FixtureRequest
+    ) -> None:
+        self.store = FlakyStore(store)
+        self._server: ClickHouseServer | None = (
+            request.getfixturevalue("clickhouse_server") if engine == "server" else None
+        )
+
+    def begin(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        else:
+            self.store.down = True
+
+    def end(self) -> None:
+        if self._server is not None:
+            self._server.start()
+        else:
+            self.store.down = False
 
 
 async def test_archive_outage_keeps_the_backlog_in_redis_then_catches_up(
     redis_url: str, archive_store: ArchiveStore, archive_engine: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    server: ClickHouseServer | None = (
-        request.getfixturevalue("clickhouse_server") if archive_engine == "server" else None
-    )
-    flaky = FlakyStore(archive_store)
+    outage = Outage(archive_store, archive_engine, request)
     n1, n2 = 300, 900
     with trio.fail_after(90):
         async with ShardSet([redis_url]) as shards:
-            archiver = Archiver(shards, flaky, FAST_ARCHIVE, lag_every_s=0.1)  # type: ignore[arg-type]
+            archiver = Archiver(shards, outage.store, FAST_ARCHIVE, lag_every_s=0.1)  # type: ignore[arg-type]
             async with trio.open_nursery() as nursery:
                 await nursery.start(archiver.run)
                 await feed(redis_url, "r1", range(1, n1 + 1))
                 await wait_archived(archive_store, "r1", n1)
-                # The archive goes away.
-                if server is not None:
-                    server.stop()
-                else:
-                    flaky.down = True
+                outage.begin()
                 await feed(redis_url, "r1", range(n1 + 1, n1 + n2 + 1))
                 while archiver.statistics().insert_errors < 3:  # noqa: ASYNC110 - in-process
                     await trio.sleep(0.05)
@@ -194,11 +229,7 @@ async def test_archive_outage_keeps_the_backlog_in_redis_then_catches_up(
                 metrics = archiver.metrics.render().decode()
                 assert f"danmaku_archive_backlog {float(n2)}" in metrics
                 assert "danmaku_archive_insert_errors_total" in metrics
-                # It comes back; the archiver catches up by itself.
-                if server is not None:
-                    server.start()
-                else:
-                    flaky.down = False
+                outage.end()  # the archiver catches up by itself
                 await eventually(stream_drained(redis_url))
                 nursery.cancel_scope.cancel()
     await assert_exactly_once(archive_store, "r1", n1 + n2)

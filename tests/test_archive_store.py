@@ -12,6 +12,7 @@ from engine.archive import schema
 from engine.archive.rows import rows_from_entries, seq_of
 from engine.archive.store import (
     ArchiveStore,
+    AuditEntry,
     MessageRows,
     ModerationOutcome,
     ViewerSample,
@@ -92,7 +93,7 @@ async def test_schema_is_versioned_and_idempotent(archive_store: ArchiveStore) -
         "SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name"
     )
     assert {r[0] for r in tables.rows} >= {
-        "messages", "moderation", "viewers_online", "schema_migrations"}
+        "messages", "moderation", "viewers_online", "audit", "schema_migrations"}
 
 
 async def test_reinserts_never_show_twice(archive_store: ArchiveStore) -> None:
@@ -164,6 +165,51 @@ async def test_moderation_and_viewer_samples(archive_store: ArchiveStore) -> Non
     assert mod.rows == [("filtered", 1), ("muted", 1)]
     viewers = await archive_store.query("SELECT gateway, room, online, ts FROM viewers_online")
     assert viewers.dicts() == [{"gateway": "gw1", "room": "r1", "online": 10, "ts": 1000}]
+
+
+async def test_audit_entries_show_once(archive_store: ArchiveStore) -> None:
+    entries = [
+        AuditEntry("1-0", 1000, "host", "streamer", "r1", "mute", "u1", "ws", 600, "rude"),
+        AuditEntry("1-1", 1000, "host", "streamer", "r1", "config", via="ws",
+                   detail='{"slow_s":5}'),
+        AuditEntry("1-0", 1000, "root", "admin", "", "revoke", "u2", "http", reason="leak"),
+    ]
+    await archive_store.insert_audit(entries)
+    await archive_store.insert_audit(entries[:2])  # an archiver that crashed before its XACK
+    got = await archive_store.query(
+        "SELECT id, ts, actor, role, room, action, target, via, duration_s, reason, detail "
+        "FROM audit FINAL ORDER BY room, ts, id"
+    )
+    assert got.rows == [
+        ("1-0", 1000, "root", "admin", "", "revoke", "u2", "http", 0, "leak", ""),
+        ("1-0", 1000, "host", "streamer", "r1", "mute", "u1", "ws", 600, "rude", ""),
+        ("1-1", 1000, "host", "streamer", "r1", "config", "", "ws", 0, "", '{"slow_s":5}'),
+    ]
+
+
+async def test_migration_2_applies_to_a_store_made_at_version_1(
+    archive_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(archive_dsn)
+    try:
+        with monkeypatch.context() as m:  # a store made by the release before the audit table
+            m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+            assert await store.ensure_schema() == 1
+        await store.insert_moderation([ModerationOutcome("r1", "u1", "muted", 1000)])
+        tables = "SELECT name FROM system.tables WHERE database = currentDatabase()"
+        assert "audit" not in {r[0] for r in (await store.query(tables)).rows}
+        assert await store.ensure_schema() == 2
+        versions = await store.query(
+            "SELECT version, name FROM schema_migrations FINAL ORDER BY version")
+        assert versions.rows == [(m.version, m.name) for m in schema.MIGRATIONS[:2]]
+        assert "audit" in {r[0] for r in (await store.query(tables)).rows}
+        kept = await store.query("SELECT user, code FROM moderation FINAL")
+        assert kept.rows == [("u1", "muted")]
+        await store.insert_audit([AuditEntry("1-0", 1000, "host", "streamer", "r1", "ban")])
+        assert (await store.query("SELECT count() FROM audit FINAL")).rows == [(1,)]
+        assert await store.ensure_schema() == 2  # nothing more to apply
+    finally:
+        await store.aclose()
 
 
 async def test_unreachable_archive_raises_a_clear_error() -> None:

@@ -24,7 +24,13 @@ from engine.archive.dashboards import (
 )
 from engine.archive.report import render_report
 from engine.archive.rows import rows_from_entries
-from engine.archive.store import ArchiveStore, ModerationOutcome, QueryResult, ViewerSample
+from engine.archive.store import (
+    ArchiveStore,
+    AuditEntry,
+    ModerationOutcome,
+    QueryResult,
+    ViewerSample,
+)
 from engine.errors import ConfigError
 from tests.archive_fixtures import ClickHouseServer, archive_stack, server_dsn
 from tests.httpclient import request
@@ -69,6 +75,19 @@ MODERATION = [
     ModerationOutcome("a", "u5", "banned", T0 + 3 * M),  # outside
 ]
 
+# (id, ts, actor, role, room, action, target)
+AUDIT = [
+    AuditEntry("1-0", T0 + 100, "m1", "moderator", "a", "mute", "u1"),
+    AuditEntry("1-1", T0 + 200, "m1", "moderator", "a", "ban", "u2"),
+    AuditEntry("1-2", T0 + 300, "m1", "moderator", "b", "kick", "u3"),
+    AuditEntry("2-0", T0 + M, "host", "streamer", "a", "config"),
+    AuditEntry("2-1", T0 + M + 1, "host", "streamer", "a", "shadowban", "u4"),
+    AuditEntry("3-0", T0 + 2 * M, "root", "admin", "", "revoke", "u9"),  # on no room
+    AuditEntry("3-1", T0 + 2 * M + 1, "root", "admin", "a", "unban", "u2"),
+    AuditEntry("0-1", T0 - 1, "old", "moderator", "a", "mute", "u5"),  # before the window
+    AuditEntry("4-0", T0 + 3 * M, "m1", "moderator", "a", "mute", "u5"),  # at its end
+]
+
 VIEWERS = [
     ViewerSample("gw1", "a", 10, T0),
     ViewerSample("gw1", "a", 12, T0 + 30_000),
@@ -98,6 +117,7 @@ async def load_fixture(store: ArchiveStore) -> None:
         await store.insert(rows)
         await store.insert_moderation(MODERATION)
         await store.insert_viewers(VIEWERS)
+        await store.insert_audit(AUDIT)
 
 
 def quantile_exact(values: list[int], level: float) -> int:
@@ -128,6 +148,8 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
         latency_row(2, [10, 0, 20, 30, 40]),
     ],
     "viewers_online": [(T0, "a", 17), (T0, "b", 3), (T0 + M, "a", 8)],
+    "moderator_actions": [("m1", 3, 2, 2, 1, "moderator"), ("host", 2, 1, 1, 0, "streamer"),
+                          ("root", 2, 1, 0, 0, "admin")],
 }
 
 EXPECTED_ROOM_A: dict[str, list[tuple[Any, ...]]] = {
@@ -140,6 +162,8 @@ EXPECTED_ROOM_A: dict[str, list[tuple[Any, ...]]] = {
     "send_to_seq_latency": [latency_row(0, [5, 7, 9]), latency_row(1, [1, 2, 3, 4, 50]),
                             latency_row(2, [10])],
     "viewers_online": [(T0, "a", 17), (T0 + M, "a", 8)],
+    "moderator_actions": [("host", 2, 1, 1, 0, "streamer"), ("m1", 2, 1, 2, 0, "moderator"),
+                          ("root", 1, 1, 0, 0, "admin")],
 }
 
 
@@ -163,6 +187,7 @@ async def test_every_dashboard_matches_the_hand_computed_fixture(
     results = dict((d.name, r) for d, r in await run_all(archive_store, limited, dashboards))
     assert as_tuples(results["top_senders"]) == EXPECTED["top_senders"][:1]
     assert as_tuples(results["rooms_by_peak"]) == EXPECTED["rooms_by_peak"][:1]
+    assert as_tuples(results["moderator_actions"]) == EXPECTED["moderator_actions"][:1]
 
 
 async def test_grafana_queries_run_and_match(archive_store: ArchiveStore) -> None:
@@ -298,7 +323,7 @@ async def test_gateway_serves_dashboards_live_and_the_command_writes_them(
                 )
                 assert status == 200 and headers["content-type"].startswith("text/html")
                 assert "default-src 'none'" in headers["content-security-policy"]
-                assert body.count(b"<section") == 6
+                assert body.count(b"<section") == len(EXPECTED)
                 status, _h, _b = await request("GET", f"{st.http_url()}/dashboards?since=x")
                 assert status == 400
                 # The command line: straight from the archive, and from the gateway.

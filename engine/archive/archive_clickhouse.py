@@ -27,6 +27,7 @@ import trio
 from engine.archive import schema
 from engine.archive.rows import HIDDEN_MARK
 from engine.archive.store import (
+    AuditEntry,
     Dsn,
     MessageRows,
     ModerationOutcome,
@@ -46,6 +47,8 @@ _MODERATION_NAMES = [name for name, _type in schema.MODERATION_COLUMNS]
 _MODERATION_TYPES = [type_ for _name, type_ in schema.MODERATION_COLUMNS]
 _VIEWER_NAMES = [name for name, _type in schema.VIEWER_COLUMNS]
 _VIEWER_TYPES = [type_ for _name, type_ in schema.VIEWER_COLUMNS]
+_AUDIT_NAMES = [name for name, _type in schema.AUDIT_COLUMNS]
+_AUDIT_TYPES = [type_ for _name, type_ in schema.AUDIT_COLUMNS]
 
 
 class ArchiveUnavailable(DanmakuError):
@@ -153,6 +156,21 @@ class _ClickHouseStore:
             lambda c: c.insert(
                 "moderation", data, column_names=_MODERATION_NAMES,
                 column_type_names=_MODERATION_TYPES,
+            )
+        )
+
+    async def insert_audit(self, entries: Sequence[AuditEntry]) -> None:
+        if not entries:
+            await trio.lowlevel.checkpoint()
+            return
+        data = [
+            [e.room, e.ts, e.id, e.actor, e.role, e.action, e.target, e.via, e.duration_s,
+             e.reason, e.detail]
+            for e in entries
+        ]
+        await self._run(
+            lambda c: c.insert(
+                "audit", data, column_names=_AUDIT_NAMES, column_type_names=_AUDIT_TYPES,
             )
         )
 

@@ -1,9 +1,13 @@
 """Prometheus metrics of the archiver (a private registry, like the gateway's).
 
-The lag figures are what an operator watches: ``danmaku_archive_backlog`` (entries still in the
-archive streams: read-but-not-inserted plus not-yet-read; inserted entries are deleted from the
-stream), ``danmaku_archive_pending`` (read but not yet acknowledged) and
-``danmaku_archive_oldest_age_seconds`` (how long the oldest un-archived message has waited).
+The lag figures are what an operator watches: ``danmaku_archive_backlog`` (entries not yet
+archived: read-but-not-inserted plus not-yet-read), ``danmaku_archive_pending`` (read but not
+yet acknowledged) and ``danmaku_archive_oldest_age_seconds`` (how long the oldest un-archived
+entry has waited), summed (age: the maximum) over every stream the archiver drains. The same
+three with a ``table`` label (``danmaku_archive_table_backlog{table="moderation"}``, ...) split
+them by what is archived: ``messages``, ``moderation`` (refused messages), ``audit``; so do
+``danmaku_archive_table_rows_total`` and the unlabelled ``danmaku_archive_rows_total``
+(all tables).
 """
 
 from __future__ import annotations
@@ -51,6 +55,23 @@ class ArchiverMetrics:
         )
         self.streams = Gauge(
             "danmaku_archive_streams", "Archive streams this archiver consumes", registry=r
+        )
+        self.table_rows = Counter(
+            "danmaku_archive_table_rows", "Rows inserted into the archive, by table", ["table"],
+            registry=r,
+        )
+        self.table_backlog = Gauge(
+            "danmaku_archive_table_backlog", "Entries not yet archived, by table", ["table"],
+            registry=r,
+        )
+        self.table_pending = Gauge(
+            "danmaku_archive_table_pending", "Entries read but not yet acknowledged, by table",
+            ["table"], registry=r,
+        )
+        self.table_oldest_age = Gauge(
+            "danmaku_archive_table_oldest_age_seconds",
+            "Age of the oldest entry not yet archived, by table (0 when none)", ["table"],
+            registry=r,
         )
 
     def render(self) -> bytes:

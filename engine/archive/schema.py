@@ -58,6 +58,22 @@ VIEWER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ts", "UInt64"),
 )
 
+# The audit log (rooms/moderation_actions.py ``audit_fields``). Role and action stay ``String``:
+# an action added later must never block the archiver on an Enum it does not know.
+AUDIT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("room", "String"),  # '' for actions on no room (revoke, a global kick)
+    ("ts", "UInt64"),  # when the action was taken, Unix ms
+    ("id", "String"),  # the audit stream entry's id: with room and ts, what makes a row unique
+    ("actor", "String"),
+    ("role", "String"),  # the actor's effective role in the room
+    ("action", "String"),
+    ("target", "String"),  # the user acted on ('' when none)
+    ("via", "String"),  # the door: ws or http
+    ("duration_s", "UInt32"),  # of a mute or ban; 0 = none (permanent, or not a sanction)
+    ("reason", "String"),
+    ("detail", "String"),  # JSON of the action's details ('' when none)
+)
+
 
 def _columns_ddl(columns: tuple[tuple[str, str], ...]) -> str:
     return ",\n    ".join(f"`{name}` {type_}" for name, type_ in columns)
@@ -84,6 +100,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"""CREATE TABLE IF NOT EXISTS viewers_online (
     {_columns_ddl(VIEWER_COLUMNS)}
 ) ENGINE = ReplacingMergeTree() ORDER BY (room, gateway, ts)""",
+        ),
+    ),
+    Migration(
+        2,
+        "audit log of moderator and admin actions",
+        (
+            # Keyed by the entry (room, ts, stream id, and what it says): a batch inserted again
+            # after a crash between insert and XACK replaces itself.
+            f"""CREATE TABLE IF NOT EXISTS audit (
+    {_columns_ddl(AUDIT_COLUMNS)}
+) ENGINE = ReplacingMergeTree() ORDER BY (room, ts, id, actor, action, target)""",
         ),
     ),
 )

@@ -8,7 +8,8 @@ Guarantees every implementation gives:
 
 - ``insert`` is idempotent: re-inserting rows that are already there (an archiver that crashed
   between its insert and its XACK) never shows duplicates in any read of this interface or in the
-  dashboards, because every read deduplicates by ``(room, seq)``.
+  dashboards, because every read deduplicates by ``(room, seq)``. The same holds for
+  ``insert_moderation`` and ``insert_audit`` (tables keyed by the whole entry, read ``FINAL``).
 - Every method is a coroutine that runs the blocking ClickHouse call in a worker thread, so the
   trio loop never blocks; the embedded engine's calls are serialised (one engine per process).
 - Message reads return the message JSON exactly as the sequencing step wrote it (byte-identical
@@ -79,6 +80,25 @@ class ModerationOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A moderator or admin action, as the audit log recorded it (times in Unix ms).
+
+    ``id`` is the audit stream entry's id: a re-inserted entry keeps it, so it shows once."""
+
+    id: str
+    ts: int
+    actor: str
+    role: str
+    room: str
+    action: str
+    target: str = ""
+    via: str = ""
+    duration_s: int = 0  # 0 = none (permanent, or not a sanction)
+    reason: str = ""
+    detail: str = ""  # JSON ('' when none)
+
+
+@dataclass(frozen=True, slots=True)
 class ViewerSample:
     """Viewers of one room on one gateway at one moment (server ms)."""
 
@@ -140,7 +160,13 @@ class ArchiveStore(ArchiveReader, Protocol):
         """Insert sequenced messages (idempotent by (room, seq)); raises on failure."""
         ...
 
-    async def insert_moderation(self, outcomes: Sequence[ModerationOutcome]) -> None: ...
+    async def insert_moderation(self, outcomes: Sequence[ModerationOutcome]) -> None:
+        """Insert refused messages (idempotent: a re-insert of the same outcome shows once)."""
+        ...
+
+    async def insert_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Insert audit log entries (idempotent by entry, as ``insert_moderation``)."""
+        ...
 
     async def insert_viewers(self, samples: Sequence[ViewerSample]) -> None: ...
 
