@@ -19,6 +19,19 @@
  * stdin; then --warmup seconds (stats reset afterwards, {"event":"measuring"} on stderr), then
  * --duration seconds measured ({"event":"done"} on stderr), then ONE JSON line on stdout.
  * SIGINT/SIGTERM end the measurement early (the JSON is still printed).
+ *
+ * --proto selects the server's protocol (loadtest/compare_peers.py; default danmaku):
+ *   danmaku  GET /ws; hello + join; `batch` frames as above.
+ *   ws       GET /ws; {"op":"join","room":R} -> {"op":"joined","seq":n}; then one frame per
+ *            message, {"op":"danmaku",...,"seq":n,...,"body":{"text":"t=<us>..."}} (the peers
+ *            loadtest/peers/ws_server.js and websockets_server.py).
+ *   sio      Socket.IO 4 = Engine.IO v4 over WebSocket: GET /socket.io/?EIO=4&transport=websocket,
+ *            open packet "0{...}" -> send "40" (connect to "/"), "40{...}" -> send
+ *            42["join",R], 42["joined",{"seq":n}]; messages 42["danmaku",{...,"seq":n,...}];
+ *            ping "2" is answered with pong "3" (loadtest/peers/socketio_server.js).
+ * For ws and sio every message is its own frame: a seq other than the previous + 1 is a gap and
+ * `lost_msgs` adds the seqs jumped over (for danmaku: those between batches); a seq at or below
+ * the previous one counts as an inner gap (duplicate or out of order).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -62,6 +75,10 @@ static int opt_n = 1000;
 static double opt_duration = 20, opt_warmup = 5, opt_rate = 2000, opt_ping_s = 0;
 static double opt_connect_timeout = 60;
 static int opt_lat_every = 1, opt_wait_go = 0, opt_quiet = 0;
+enum { PROTO_DANMAKU, PROTO_WS, PROTO_SIO };
+static int opt_proto = PROTO_DANMAKU;
+static const char *const proto_names[] = {"danmaku", "ws", "sio"};
+static const char *opt_path = NULL;  /* default by protocol */
 
 /* ---- stats ------------------------------------------------------------------------------ */
 #define SUB_BITS 5
@@ -69,7 +86,7 @@ static int opt_lat_every = 1, opt_wait_go = 0, opt_quiet = 0;
 #define NBUCKETS (64 * SUB)
 typedef struct {
     uint64_t frames, msgs, bytes, gaps, inner_gaps, skipped_ranges, skipped_msgs, resets,
-        errors, pongs, other, control, fragmented, lat_n, lat_max_us;
+        errors, pongs, other, control, fragmented, lat_n, lat_max_us, lost_msgs;
     uint64_t hist[NBUCKETS];
 } stats_t;
 static stats_t S;
@@ -276,10 +293,10 @@ static void on_connected(conn_t *c) {
     }
     char req[512];
     int n = snprintf(req, sizeof req,
-                     "GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     opt_host, opt_port);
+                     opt_path, opt_host, opt_port);
     c->state = ST_HTTP;
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(c - conns)};
     epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
@@ -299,6 +316,21 @@ static int64_t parse_int_after(const char *p, size_t len, const char *key) {
     return any ? v : -1;
 }
 
+/* The sender's wall clock in the message starting at d: '=' appears in a message only in the
+   sender's "t=" (ids are hex, no base64), so a SIMD memchr finds it; then check the "text":"t=
+   around it. */
+static void latency_from(const char *d, const char *end, int64_t now) {
+    size_t win = (size_t)(end - d);
+    if (win > 1024) win = 1024;
+    const char *t = memchr(d, '=', win);
+    if (t && t - d >= 9 && memcmp(t - 9, "\"text\":\"t=", 10) == 0) {
+        t += 1;
+        int64_t us = 0;
+        while (t < end && *t >= '0' && *t <= '9') us = us * 10 + (*t++ - '0');
+        record_latency(now - us);
+    }
+}
+
 static void on_batch(conn_t *c, const char *p, size_t len, int64_t now) {
     size_t head = len < 256 ? len : 256;
     int64_t from = parse_int_after(p, head, ",\"from\":");
@@ -307,6 +339,7 @@ static void on_batch(conn_t *c, const char *p, size_t len, int64_t now) {
     if (from < 0 || to < from) { S.inner_gaps++; return; }
     if (c->last_to >= 0 && from != c->last_to + 1) {
         S.gaps++;
+        if (from > c->last_to + 1) S.lost_msgs += (uint64_t)(from - c->last_to - 1);
         if (!opt_quiet && S.gaps <= 5)
             event("{\"event\":\"gap\",\"conn\":%ld,\"expected\":%ld,\"from\":%ld}",
                   (long)(c - conns), (long)(c->last_to + 1), (long)from);
@@ -356,19 +389,7 @@ static void on_batch(conn_t *c, const char *p, size_t len, int64_t now) {
             if (seq <= prev || seq > to) bad = 1;
             prev = seq;
             count++;
-            if (c->sampled) {
-                /* '=' appears in a message only in the sender's "t=" (ids are hex, no
-                   base64), so a SIMD memchr finds it; then check the "text":"t= around it. */
-                size_t win = (size_t)(msgs_end - d);
-                if (win > 1024) win = 1024;
-                const char *t = memchr(d, '=', win);
-                if (t && t - d >= 9 && memcmp(t - 9, "\"text\":\"t=", 10) == 0) {
-                    t += 1;
-                    int64_t us = 0;
-                    while (t < msgs_end && *t >= '0' && *t <= '9') us = us * 10 + (*t++ - '0');
-                    record_latency(now - us);
-                }
-            }
+            if (c->sampled) latency_from(d, msgs_end, now);
             q = d;
         } else {
             q++;
@@ -383,7 +404,7 @@ static void on_batch(conn_t *c, const char *p, size_t len, int64_t now) {
     S.msgs += count;
 }
 
-static void on_text(conn_t *c, const char *p, size_t len, int64_t now) {
+static void on_text_danmaku(conn_t *c, const char *p, size_t len, int64_t now) {
     if (len >= 13 && memcmp(p, "{\"op\":\"batch\"", 13) == 0) {
         on_batch(c, p, len, now);
     } else if (len >= 14 && memcmp(p, "{\"op\":\"joined\"", 14) == 0) {
@@ -404,6 +425,77 @@ static void on_text(conn_t *c, const char *p, size_t len, int64_t now) {
     } else {
         S.other++;
     }
+}
+
+/* One message per frame (peers): p..p+len is the message object, its first "seq": is its seq. */
+static void on_single(conn_t *c, const char *p, size_t len, int64_t now) {
+    size_t head = len < 256 ? len : 256;
+    int64_t seq = parse_int_after(p, head, "\"seq\":");
+    S.frames++;
+    if (seq < 0) { S.inner_gaps++; return; }
+    S.msgs++;
+    if (c->last_to >= 0 && seq != c->last_to + 1) {
+        if (seq > c->last_to + 1) {
+            S.gaps++;
+            S.lost_msgs += (uint64_t)(seq - c->last_to - 1);
+            if (!opt_quiet && S.gaps <= 5)
+                event("{\"event\":\"gap\",\"conn\":%ld,\"expected\":%ld,\"from\":%ld}",
+                      (long)(c - conns), (long)(c->last_to + 1), (long)seq);
+        } else {
+            S.inner_gaps++;  /* duplicate or out of order */
+            return;
+        }
+    }
+    c->last_to = seq;
+    if (c->sampled) latency_from(p, p + len, now);
+}
+
+static void on_joined(conn_t *c, const char *p, size_t len) {
+    int64_t seq = parse_int_after(p, len, "\"seq\":");
+    if (c->last_to < 0) c->last_to = seq;
+    if (!c->joined && !c->failed) { c->joined = 1; n_ok++; }
+}
+
+static void on_text_ws(conn_t *c, const char *p, size_t len, int64_t now) {
+    if (len >= 15 && memcmp(p, "{\"op\":\"danmaku\"", 15) == 0) on_single(c, p, len, now);
+    else if (len >= 14 && memcmp(p, "{\"op\":\"joined\"", 14) == 0) on_joined(c, p, len);
+    else S.other++;
+}
+
+
+/* Engine.IO v4 packet types: 0 open, 2 ping, 3 pong, 4 message; Socket.IO inside 4: 0 connect,
+   1 disconnect, 2 event. */
+static void on_text_sio(conn_t *c, const char *p, size_t len, int64_t now) {
+    if (len >= 13 && memcmp(p, "42[\"danmaku\",", 13) == 0) {
+        on_single(c, p + 13, len - 14, now);
+    } else if (len == 1 && p[0] == '2') {
+        pings_answered++;
+        send_text(c, "3");
+    } else if (len >= 12 && memcmp(p, "42[\"joined\",", 12) == 0) {
+        on_joined(c, p, len);
+    } else if (len >= 2 && p[0] == '0' && p[1] == '{') {
+        send_text(c, "40");
+    } else if (len >= 2 && memcmp(p, "40", 2) == 0) {
+        char join[160];
+        snprintf(join, sizeof join, "42[\"join\",\"%s\"]", opt_room);
+        send_text(c, join);
+    } else if (len >= 2 && memcmp(p, "41", 2) == 0) {
+        closes_other++;
+        if (c->joined) eof_after_join++;
+        conn_kill(c);
+    } else if (len >= 2 && memcmp(p, "44", 2) == 0) {
+        S.errors++;
+        if (!opt_quiet && S.errors <= 3) event("{\"event\":\"server_error\",\"packet\":\"%.*s\"}",
+                                               (int)(len < 200 ? len : 200), p);
+    } else {
+        S.other++;
+    }
+}
+
+static void on_text(conn_t *c, const char *p, size_t len, int64_t now) {
+    if (opt_proto == PROTO_DANMAKU) on_text_danmaku(c, p, len, now);
+    else if (opt_proto == PROTO_WS) on_text_ws(c, p, len, now);
+    else on_text_sio(c, p, len, now);
 }
 
 static void on_close_frame(conn_t *c, const unsigned char *p, size_t len) {
@@ -459,7 +551,8 @@ static size_t parse_frames(conn_t *c, char *buf, size_t n, int64_t now, size_t *
 }
 
 static void on_open(conn_t *c) {
-    send_text(c, "{\"op\":\"hello\",\"client\":\"swarm/1\"}");
+    if (opt_proto == PROTO_SIO) return;  /* the server speaks first (Engine.IO open packet) */
+    if (opt_proto == PROTO_DANMAKU) send_text(c, "{\"op\":\"hello\",\"client\":\"swarm/1\"}");
     char join[160];
     snprintf(join, sizeof join, "{\"op\":\"join\",\"room\":\"%s\"}", opt_room);
     send_text(c, join);
@@ -534,7 +627,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: swarm [--host H] [--port P] [--room R] [-n N] [--duration S] [--warmup S]\n"
             "             [--rate CONNECTS_PER_S] [--ping-s S] [--lat-every K]\n"
-            "             [--connect-timeout S] [--wait-go] [--quiet]\n");
+            "             [--connect-timeout S] [--wait-go] [--quiet]\n"
+            "             [--proto danmaku|ws|sio] [--path /upgrade/path?query]\n");
     exit(2);
 }
 
@@ -555,10 +649,20 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ping-s")) opt_ping_s = atof(v);
         else if (!strcmp(a, "--lat-every")) opt_lat_every = atoi(v);
         else if (!strcmp(a, "--connect-timeout")) opt_connect_timeout = atof(v);
+        else if (!strcmp(a, "--path")) opt_path = v;
+        else if (!strcmp(a, "--proto")) {
+            int found = -1;
+            for (int k = 0; k < 3; k++)
+                if (!strcmp(v, proto_names[k])) found = k;
+            if (found < 0) usage();
+            opt_proto = found;
+        }
         else usage();
         i++;
     }
     if (opt_n < 1 || opt_lat_every < 1 || strlen(opt_room) > 64) usage();
+    if (!opt_path) opt_path = opt_proto == PROTO_SIO ? "/socket.io/?EIO=4&transport=websocket" : "/ws";
+    if (strlen(opt_path) > 256) usage();
 
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -630,7 +734,10 @@ int main(int argc, char **argv) {
             int slice = opt_n / 50 + 1;
             for (int k = 0; k < slice && ping_cursor < opt_n; k++, ping_cursor++) {
                 conn_t *c = &conns[ping_cursor];
-                if (c->state == ST_OPEN) { send_text(c, "{\"op\":\"ping\",\"t\":1}"); pings_sent++; }
+                if (c->state == ST_OPEN && opt_proto == PROTO_DANMAKU) {
+                    send_text(c, "{\"op\":\"ping\",\"t\":1}");
+                    pings_sent++;
+                }
             }
             if (ping_cursor >= opt_n) { ping_cursor = 0; next_ping = t + opt_ping_s; }
         }
@@ -706,10 +813,12 @@ int main(int argc, char **argv) {
            (unsigned long)S.lat_n, percentile_ms(0.50), percentile_ms(0.90), percentile_ms(0.99),
            percentile_ms(0.999), S.lat_n ? S.lat_max_us / 1000.0 : -1.0);
     printf("\"frames_per_s\":%.1f,\"messages_per_s\":%.1f,\"mbytes_per_s\":%.2f,"
-           "\"swarm_cpu_pct\":%.1f,\"swarm_user_pct\":%.1f,\"last_seq\":%ld,\"behind_at_end\":%lu,\"lag_max_seqs\":%ld}\n",
+           "\"swarm_cpu_pct\":%.1f,\"swarm_user_pct\":%.1f,\"last_seq\":%ld,\"behind_at_end\":%lu,\"lag_max_seqs\":%ld,"
+           "\"proto\":\"%s\",\"lost_msgs\":%lu}\n",
            measured > 0 ? S.frames / measured : 0, measured > 0 ? S.msgs / measured : 0,
            measured > 0 ? S.bytes / measured / 1e6 : 0, measured > 0 ? 100 * cpu / measured : 0,
-           measured > 0 ? 100 * user / measured : 0, (long)max_to, (unsigned long)behind, (long)lag_max);
+           measured > 0 ? 100 * user / measured : 0, (long)max_to, (unsigned long)behind, (long)lag_max,
+           proto_names[opt_proto], (unsigned long)S.lost_msgs);
     fflush(stdout);
     return 0;
 }
