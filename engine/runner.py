@@ -7,6 +7,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -46,9 +47,12 @@ async def open_gateway(
         serving = tls.wrap_listeners(
             listeners, tls.server_context(gs.tls_cert_file, gs.tls_key_file or gs.tls_cert_file)
         )
+    accepting, refusing = trio.CancelScope(), trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.run)
-        await nursery.start(serve_listeners, gw, serving)
+        await nursery.start(
+            partial(serve_listeners, gw, serving, accepting=accepting, closed=refusing)
+        )
         if archive is not None:  # viewers-online samples for the dashboards (issue 3)
             from engine.archive.service import run_viewer_samples
 
@@ -58,7 +62,11 @@ async def open_gateway(
         try:
             yield gw, listeners
         finally:
+            # Refuse new connections first: viewers told to go away (1001) must not reconnect
+            # to this process during the grace period, only to be dropped again.
+            accepting.cancel()
             with trio.CancelScope(shield=True), trio.move_on_after(3):
+                await refusing.wait()
                 await shutdown_sessions(gw)
             nursery.cancel_scope.cancel()
 

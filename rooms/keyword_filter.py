@@ -119,11 +119,14 @@ class KeywordMatcher:
         """``contains`` for a text already folded (``fold``), so a caller folds only once."""
         if not self.words:
             return False
-        delta, get_root, first_match = self._delta, self._root.get, self._first_match
+        delta, root, first_match = self._delta, self._root, self._first_match
         state = 0
         for ch in folded:
-            nxt = delta[state].get(ch)
-            state = get_root(ch, 0) if nxt is None else nxt
+            if state:
+                nxt = delta[state].get(ch)
+                state = root.get(ch, 0) if nxt is None else nxt
+            else:  # most characters are read at the root: one lookup, not two
+                state = root.get(ch, 0)
             if state >= first_match:
                 return True
         return False

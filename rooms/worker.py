@@ -131,6 +131,7 @@ class RoomWorker:
         ids = [entry[0] for entry in entries]
         replies: dict[str, list[Reply]] = defaultdict(list)
         calls: list[tuple[IngressMessage, list[Any], list[Any]]] = []
+        texts: list[str] = []
         for _id, fields in entries:
             msg = parse_ingress(fields)
             if msg is None:
@@ -148,9 +149,12 @@ class RoomWorker:
                 )
                 continue
             k, a = self._script_call(msg)
-            if self.moderation is not None:
-                self.moderation.prepare(msg, text, k, a)
             calls.append((msg, k, a))
+            texts.append(text)
+        if self.moderation is not None:  # the whole read at once (see prepare_batch)
+            self.moderation.prepare_batch(
+                [(msg, text, k, a) for (msg, k, a), text in zip(calls, texts, strict=True)]
+            )
         results = await self._run_calls(client, calls)
         outcomes: list[list[Any]] = []  # refused by moderation: recorded for the archive
         for i, ((msg, k, a), result) in enumerate(zip(calls, results, strict=True)):

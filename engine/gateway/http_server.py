@@ -207,9 +207,15 @@ async def serve_listeners(
     gw: Gateway,
     listeners: Sequence[trio.SocketListener | trio.SSLListener[trio.SocketStream]],
     *,
+    accepting: trio.CancelScope | None = None,
+    closed: trio.Event | None = None,
     task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve plain or TLS listeners (engine.tls), with the per-IP connection cap."""
+    """Serve plain or TLS listeners (engine.tls), with the per-IP connection cap.
+
+    Cancelling ``accepting`` stops taking new connections and closes the listeners (new
+    connects are refused: clients go elsewhere; then ``closed`` is set) while the connections
+    already served go on: the first step of a graceful shutdown."""
     sndbuf = gw.settings.socket_sndbuf_bytes
     limiter = ConnectionLimiter(gw.settings.max_conns_per_ip)
 
@@ -231,7 +237,17 @@ async def serve_listeners(
         finally:
             limiter.release(address)
 
-    await trio.serve_listeners(handler, list(listeners), task_status=task_status)
+    async with trio.open_nursery() as handlers:
+        with accepting or trio.CancelScope():
+            await trio.serve_listeners(
+                handler, list(listeners), handler_nursery=handlers, task_status=task_status
+            )
+        try:
+            for listener in listeners:
+                await listener.aclose()
+        finally:
+            if closed is not None:
+                closed.set()
 
 
 def query_int(req: Request, name: str, default: int, lo: int, hi: int) -> int | None:

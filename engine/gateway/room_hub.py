@@ -58,6 +58,17 @@ class Member:
         self.active = True
 
 
+class _SharedRead:
+    """One history read that concurrent identical requests wait for (``RoomHub.history``)."""
+
+    __slots__ = ("done", "failed", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: list[Msg] | None = None
+        self.failed = True  # until the read returns
+
+
 class RoomHub:
     def __init__(
         self,
@@ -91,8 +102,7 @@ class RoomHub:
         self._filling = False
         self._last_flush = -math.inf
         self._frame_cache: dict[tuple[int, int, bool], bytes] = {}
-        self._history_inflight: dict[tuple[int, int], trio.Event] = {}
-        self._history_done: dict[tuple[int, int], list[Msg] | None] = {}
+        self._history_reads: dict[tuple[int, int], _SharedRead] = {}
         self._nursery: trio.Nursery | None = None
         self.cancel_scope = trio.CancelScope()
         # Set by the gateway when it has an archive: history older than the hot buffer.
@@ -364,28 +374,30 @@ class RoomHub:
     async def history(self, first: int, last: int) -> list[Msg] | None:
         """Messages first..last from the ring or the room stream; None if no longer held.
 
-        Identical concurrent reads (a reconnect storm) go to Redis once.
+        Identical concurrent reads (a reconnect storm) go to Redis once: the waiters take the
+        result from the read they waited for (its holder lives as long as they hold it).
         """
         msgs = self._ring.get(first, last)
         if msgs is not None:
             return msgs
         key = (first, last)
-        event = self._history_inflight.get(key)
-        if event is not None:
-            await event.wait()
-            return self._history_done.get(key)
-        event = self._history_inflight[key] = trio.Event()
+        read = self._history_reads.get(key)
+        if read is not None:
+            await read.done.wait()
+            if read.failed:  # the shared read raised or was cancelled: read on our own
+                return await self.history(first, last)
+            return read.result
+        read = self._history_reads[key] = _SharedRead()
         try:
             result = await self._read_stream(first, last)
             if result is None and self.archive is not None:
                 result = await self._read_archived(first, last)
-            self._history_done[key] = result
+            read.result = result
+            read.failed = False
             return result
         finally:
-            del self._history_inflight[key]
-            event.set()
-            if not self._history_inflight:
-                self._history_done.clear()
+            del self._history_reads[key]
+            read.done.set()
 
     async def _read_stream(self, first: int, last: int) -> list[Msg] | None:
         entries = await self.redis.execute(
