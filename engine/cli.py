@@ -125,6 +125,9 @@ def _run(args: argparse.Namespace) -> int:
 
         return cli_client.run(args)
     settings = load_settings(config_file=args.config)
+    from engine.gc_policy import tune_for_server
+
+    tune_for_server()  # up, gateway, worker: long-running servers
     if args.command == "up":
         settings = replace(
             settings,
