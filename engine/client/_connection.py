@@ -8,8 +8,12 @@ One task runs `run_connections` for the client's whole life. Per connection it:
    handles a connection's frames in order, so each resent send arrives after its room's join;
 3. reads frames until the connection closes, feeding room frames to the `RoomStream`s (which
    dedupe and order them) and settling acks, nacks, joins and leaves; a hole triggers a `join`
-   with `since` on the same connection;
-4. pings every `heartbeat_ms / 2`, and drops a connection silent for 2.5 x `heartbeat_ms`.
+   with `since` on the same connection. A frame's events are handed to the app one by one
+   (bounded buffer: a slow app stops the reading), each reported to its `RoomStream` once the
+   app has it; if the connection ends in the middle, `ClientState.connection_lost` rewinds the
+   streams to what the app got, so the resume asks for the rest again;
+4. pings every `heartbeat_ms / 2`, and drops a connection silent for 2.5 x `heartbeat_ms`. Time
+   spent handing events to the app is not silence: the SDK is not reading the socket then.
 After a close other than 4001 / 4003 it waits `min(max, base * 2**n) * uniform(1-j, 1+j)`
 (n = consecutive failures; a connection that stayed up 5 s resets it) and starts again.
 """
@@ -280,7 +284,9 @@ async def _heartbeat(state: ClientState, ws: WebSocketConnection, scope: trio.Ca
     t = 0
     while True:
         await trio.sleep(interval)
-        if trio.current_time() - state.last_rx > interval * 5:  # 2.5 x heartbeat_ms
+        # Silence counts only while the SDK waits for the socket (see `ClientState.last_rx`).
+        silent = not state.handing_over and trio.current_time() - state.last_rx > interval * 5
+        if silent:  # 2.5 x heartbeat_ms
             log.warning("no frame from the server for %.1f s: reconnecting", interval * 5)
             scope.cancel()
             return
@@ -355,14 +361,17 @@ async def _on_room_frame(
         log.info("hole in %s after seq %d: re-joining", stream.room, result.resync.seq)
         await state.write(ws, p.client_join(stream.room, result.resync))
     state.counters.duplicates_dropped += result.duplicates
-    for event in result.events:
+    for event, position in zip(result.events, result.positions, strict=True):
         if isinstance(event, Joined):
             waiter = state.join_waiters.pop(stream.room, None)
             if waiter is not None:
                 waiter.settle(joined=event)
-        elif isinstance(event, Message):
-            state.counters.messages += 1
+        # Cancelled here (the connection is ending) means not handed over: the stream's
+        # position stays before it, and the rewind makes the resume deliver it again.
         await state.emit(event)
+        stream.handed_over(position)
+        if isinstance(event, Message):
+            state.counters.messages += 1
 
 
 async def _on_error(state: ClientState, frame: dict[str, Any]) -> None:

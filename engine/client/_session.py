@@ -173,9 +173,10 @@ class DanmakuClient:
 
     def position(self, room: str) -> Since | None:
         """Where the client stands in `room` (the last seq handed over), None if unknown; save
-        it to resume later with `join(room, since=...)`."""
+        it to resume later with `join(room, since=...)`. Events still on their way to the app
+        (read from the socket, not yet in the event buffer) are not counted."""
         stream = self._state.rooms.get(room)
-        return None if stream is None else stream.since()
+        return None if stream is None else stream.delivered
 
     def events(self) -> trio.MemoryReceiveChannel[Event]:
         """The stream of events (`async for event in client.events()`); ends after the client

@@ -122,7 +122,11 @@ class ClientState:
         self.counters = Counters()
         # The ready connection (welcomed, rooms re-joined), or None while there is none.
         self.ws: WebSocketConnection | None = None
+        # The silence watchdog counts from `last_rx`: the last frame received or the end of the
+        # last hand-over to the app, whichever is later; and not at all while `handing_over`
+        # (the SDK is then not reading the socket: a slow app is not a silent server).
         self.last_rx = 0.0
+        self.handing_over = False
         self.session_id: str | None = None
         self.user: str | None = None
         self.guest: bool | None = None
@@ -138,12 +142,22 @@ class ClientState:
             raise ClientClosed("client is closing")
 
     async def emit(self, event: Event) -> None:
-        """Hand an event to the app; waits while the app's buffer is full (backpressure)."""
+        """Hand an event to the app; waits while the app's buffer is full (backpressure).
+
+        Returns once the event is in the app's buffer, and raises (Cancelled) only if it is
+        not: a trio memory channel's `send` hands the value over or fails, never both. The
+        connection loop relies on that to track what the app really got.
+        """
         if not self.config.receive_events:
             return
-        # A closed channel means the app closed its side: nobody listens.
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self.send_ch.send(event)
+        self.handing_over = True
+        try:
+            # A closed channel means the app closed its side: nobody listens.
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self.send_ch.send(event)
+        finally:
+            self.handing_over = False
+            self.last_rx = trio.current_time()  # the SDK reads the socket again from now
 
     @staticmethod
     async def write(ws: WebSocketConnection, data: bytes) -> bool:
@@ -156,6 +170,11 @@ class ClientState:
 
     def connection_lost(self) -> None:
         self.ws = None
+        self.handing_over = False
+        for stream in self.rooms.values():
+            # A hand-over cut short by the connection's end dropped events: resume before them.
+            if stream.rewind():
+                log.info("%s: resuming from %s (last handed over)", stream.room, stream.since())
         for event in self.leave_waiters.values():
             event.set()  # a room left on a dead connection is not re-joined: it is left
         self.leave_waiters.clear()

@@ -3,10 +3,17 @@
 Theory of operation
 -------------------
 A `RoomStream` is the client's position in one room: `(epoch, last)`, where `last` is the
-highest seq handed to the application (or skipped, or adopted from `joined`/`reset`). It is fed
+highest seq released to the application (or skipped, or adopted from `joined`/`reset`). It is fed
 the server frames of that room (`joined`, `batch`, `reset`, already decoded to dicts) and returns
-a `FeedResult`: the events to hand to the application, in seq order, and whether the client must
-re-join with `since` ("resync").
+a `FeedResult`: the events to hand to the application, in seq order, the stream's position right
+after each of them, and whether the client must re-join with `since` ("resync").
+
+Released is not yet handed over: the session hands a frame's events to the application one by one
+(a slow app makes that take a while) and reports each one done with `handed_over(position)`, so
+`delivered` is the position of the last event the application really got. If the connection is
+lost before the hand-over ends, the events not handed over are dropped and `rewind()` moves the
+stream back to `delivered`: the resume (`join` with `since()`) then asks the server for them
+again, instead of starting after the end of a frame the application never saw the rest of.
 
 Every message and every `skipped` range of a batch becomes an item `(first, last, msg|None)` on a
 min-heap; the heap is drained while its head starts at or before `last + 1`. An item wholly at or
@@ -114,6 +121,9 @@ class FeedResult:
     """What one frame produced: events for the app (in order), and a resync to request now."""
 
     events: list[Message | Skipped | Reset | Joined] = field(default_factory=list)
+    # The stream's position right after each event (parallel to `events`): what to pass to
+    # `RoomStream.handed_over` once the event is in the application's hands.
+    positions: list[Since] = field(default_factory=list)
     resync: Since | None = None
     duplicates: int = 0
 
@@ -146,11 +156,14 @@ class RoomStream:
         self.duplicates = 0
         self.holes = 0
         self._heap: list[_Item] = []
+        # The position after the last event the application got (see `handed_over`).
+        self.delivered: Since | None = self.since()
 
     def __repr__(self) -> str:
         return (
             f"RoomStream({self.room!r}, epoch={self.epoch!r}, last={self.last}, "
-            f"buffered={len(self._heap)}, resync_pending={self.resync_pending})"
+            f"delivered={self.delivered}, buffered={len(self._heap)}, "
+            f"resync_pending={self.resync_pending})"
         )
 
     @property
@@ -186,6 +199,25 @@ class RoomStream:
         self.holes += 1
         return Since(self.epoch, self.last)
 
+    def handed_over(self, position: Since) -> None:
+        """The event released with `position` (a `FeedResult.positions` entry) is now in the
+        application's hands. Call it in release order, only once the hand-over succeeded."""
+        self.delivered = position
+
+    def rewind(self) -> bool:
+        """The connection was lost: drop what was released but not handed over, so that
+        `since()` (the resume) covers only what the application got. Items held behind a hole
+        are dropped too; the resume delivers them again. Returns False when there was nothing
+        to drop (the stream is then unchanged)."""
+        if self.delivered == self.since():
+            return False
+        if self.delivered is None:
+            self.epoch, self.last = None, 0
+        else:
+            self.epoch, self.last = self.delivered.epoch, self.delivered.seq
+        self._heap.clear()
+        return True
+
     # -- frames ------------------------------------------------------------------------------
     def _on_joined(self, frame: Mapping[str, Any]) -> FeedResult:
         epoch = _str(frame, "epoch")
@@ -193,21 +225,30 @@ class RoomStream:
         online = _int(frame, "online")
         if epoch != self.epoch:
             self._adopt(epoch, seq)
+        if self.delivered is None:
+            # A join from "now": the stream starts here whether or not the app sees `Joined`
+            # (a rewind must not turn it back into a join from a later "now").
+            self.delivered = self.since()
         self.resync_pending = False
-        return FeedResult(events=[Joined(self.room, epoch, seq, online)])
+        result = FeedResult()
+        self._release(result, Joined(self.room, epoch, seq, online))
+        return result
 
     def _on_reset(self, frame: Mapping[str, Any]) -> FeedResult:
         epoch = _str(frame, "epoch")
         seq = _int(frame, "seq")
         reason = _str(frame, "reason")
-        result = FeedResult(events=[Reset(self.room, epoch, seq, reason)])
-        if epoch == self.epoch:
+        result = FeedResult()
+        same_epoch = epoch == self.epoch
+        if same_epoch:
             # Seqs are never reused within an epoch: moving back would deliver twice.
             self.last = max(self.last, seq)
-            self._drain(result)
-            self.duplicates += result.duplicates
         else:
             self._adopt(epoch, seq)
+        self._release(result, Reset(self.room, epoch, seq, reason))
+        if same_epoch:
+            self._drain(result)
+            self.duplicates += result.duplicates
         self.resync_pending = False
         return result
 
@@ -240,6 +281,12 @@ class RoomStream:
         return result
 
     # -- internals ---------------------------------------------------------------------------
+    def _release(self, result: FeedResult, event: Message | Skipped | Reset | Joined) -> None:
+        """Add `event` to `result`, with the position it leaves the stream at (set already)."""
+        assert self.epoch is not None  # every frame that releases events sets it
+        result.events.append(event)
+        result.positions.append(Since(self.epoch, self.last))
+
     def _adopt(self, epoch: str, seq: int) -> None:
         self.epoch = epoch
         self.last = seq
@@ -262,11 +309,12 @@ class RoomStream:
                 if item.msg is not None:
                     result.duplicates += 1
                 continue
-            if item.msg is not None:
-                result.events.append(item.msg)
-            else:
-                result.events.append(Skipped(self.room, max(item.first, self.last + 1), item.last))
+            first = max(item.first, self.last + 1)
             self.last = item.last
+            if item.msg is not None:
+                self._release(result, item.msg)
+            else:
+                self._release(result, Skipped(self.room, first, item.last))
 
 
 # -- unacked sends --------------------------------------------------------------------------------
