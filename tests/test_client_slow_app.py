@@ -1,4 +1,4 @@
-"""A slow application must not lose messages (issue 4, `loadtest/soak_repro.py sdk-watchdog`).
+"""A slow application must not lose messages (found by the soak run, loadtest/soak.py).
 
 The SDK reads a whole `batch` frame, then hands its events to the app one by one through a
 bounded buffer while it does not read the socket. Two things used to break exactly-once there:
