@@ -3,8 +3,6 @@ the HTML report (file and live ``/dashboards``) opened in headless Chromium."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from engine.archive.store import (
 from engine.errors import ConfigError
 from tests.archive_fixtures import ClickHouseServer, archive_stack, server_dsn
 from tests.httpclient import request
+from tests.web_fixtures import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 pytest_plugins = ["tests.archive_fixtures"]
 
@@ -227,28 +226,6 @@ def test_parameters_and_windows() -> None:
 
 
 # ---- the HTML report in a real browser ------------------------------------------------------
-CHROMIUM = os.environ.get("DANMAKU_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
-
-
-def require_browser() -> None:
-    problems = []
-    if shutil.which(CHROMIUM) is None:
-        problems.append(f"{CHROMIUM} not found (apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problems.append("the playwright package is not installed")
-    if problems:
-        message = "the browser test needs " + "; ".join(problems)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 def inspect_in_chromium(url: str, screenshot: Path | None = None) -> dict[str, Any]:
     """Open the page; return its console errors, requests and what each chart drew."""
     from playwright.sync_api import sync_playwright
