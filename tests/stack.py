@@ -11,6 +11,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import trio
+
 from engine.config import GatewaySettings, RedisSettings, Settings, WorkerSettings
 from engine.gateway.app import Gateway
 from engine.runner import make_shards, open_gateway, open_worker
@@ -76,3 +78,15 @@ async def running_stack(
             )
             result.gateways.append(gw)
         yield result
+
+
+async def stop_process(proc: trio.Process, timeout_s: float = 10.0) -> None:
+    """SIGTERM first (``danmaku up`` then stops its Redis child), SIGKILL only if it hangs: a
+    test that fails half-way must not leave an orphaned redis-server behind."""
+    if proc.returncode is None:
+        proc.terminate()
+        with trio.move_on_after(timeout_s):
+            await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()

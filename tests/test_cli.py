@@ -16,6 +16,7 @@ import trio.testing
 
 from engine.tokens import verify_token
 from tests.httpclient import get_json
+from tests.stack import stop_process
 from tests.wsclient import connect
 
 DANMAKU = [sys.executable, "-m", "engine.cli"]
@@ -88,9 +89,7 @@ async def test_up_runs_everything_in_one_process_and_stops_cleanly(tmp_path: Pat
             assert await proc.wait() == 0
         assert (tmp_path / "redis").is_dir()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
         await proc.stdout.aclose()
     # The Redis child is gone with its parent.
     ps = await trio.run_process(["ps", "-eo", "args"], capture_stdout=True)

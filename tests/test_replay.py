@@ -21,7 +21,7 @@ from engine.archive.store import ArchiveStore
 from engine.redis import RedisClient
 from tests.archive_fixtures import archive_stack, wait_archived
 from tests.httpclient import get_json, request
-from tests.stack import running_stack
+from tests.stack import running_stack, stop_process
 from tests.wsclient import Raw, check_contiguous, collect_batches, connect
 
 pytest_plugins = ["tests.archive_fixtures"]
@@ -227,7 +227,5 @@ async def test_up_archives_and_replays_embedded(tmp_path: Any) -> None:
             assert await proc.wait() == 0
         assert (tmp_path / "archive").is_dir()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
         await proc.stdout.aclose()
