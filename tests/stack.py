@@ -6,9 +6,12 @@ listener on 127.0.0.1, the worker's consumer group. Only the process boundary is
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -90,3 +93,30 @@ async def stop_process(proc: trio.Process, timeout_s: float = 10.0) -> None:
     if proc.returncode is None:
         proc.kill()
         await proc.wait()
+
+
+DANMAKU_CLI = [sys.executable, "-m", "engine.cli"]
+
+
+@asynccontextmanager
+async def running_up(
+    data_dir: Path, env: dict[str, str], *, until: bytes, timeout_s: float = 60.0
+) -> AsyncIterator[tuple[trio.Process, str]]:
+    """``danmaku up`` as a child process, yielded with its banner (read until ``until``); on
+    the way out it is stopped (SIGTERM first, see ``stop_process``) and its pipe closed."""
+    proc = await trio.lowlevel.open_process(
+        [*DANMAKU_CLI, "up", "--port", "0", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    assert proc.stdout is not None
+    try:
+        banner = b""
+        with trio.fail_after(timeout_s):
+            while until not in banner:
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, banner
+                banner += chunk
+        yield proc, banner.decode()
+    finally:
+        await stop_process(proc)
+        await proc.stdout.aclose()

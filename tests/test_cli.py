@@ -16,7 +16,7 @@ import trio.testing
 
 from engine.tokens import verify_token
 from tests.httpclient import get_json
-from tests.stack import stop_process
+from tests.stack import running_up
 from tests.wsclient import connect
 
 DANMAKU = [sys.executable, "-m", "engine.cli"]
@@ -56,19 +56,8 @@ def test_token_uses_the_secret_created_once_in_the_data_dir(tmp_path: Path) -> N
 @pytest.mark.redis
 async def test_up_runs_everything_in_one_process_and_stops_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DANMAKU_SECRET"}
-    proc = await trio.lowlevel.open_process(
-        [*DANMAKU, "up", "--port", "0", "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )
-    assert proc.stdout is not None
-    try:
+    async with running_up(tmp_path, env, until=b"HTTP API", timeout_s=30) as (proc, text):
         with trio.fail_after(30):
-            banner = b""
-            while b"HTTP API" not in banner:
-                chunk = await proc.stdout.receive_some(4096)
-                assert chunk, banner
-                banner += chunk
-            text = banner.decode()
             ws_url = re.search(r"ws://\S+/ws", text)
             http = re.search(r"(http://[\d.:]+)/v1/dispatch", text)
             assert ws_url and http, text
@@ -87,10 +76,7 @@ async def test_up_runs_everything_in_one_process_and_stops_cleanly(tmp_path: Pat
                 proc.send_signal(signal.SIGTERM)
                 assert await client.close_code() == 1001
             assert await proc.wait() == 0
-        assert (tmp_path / "redis").is_dir()
-    finally:
-        await stop_process(proc)
-        await proc.stdout.aclose()
+    assert (tmp_path / "redis").is_dir()
     # The Redis child is gone with its parent.
     ps = await trio.run_process(["ps", "-eo", "args"], capture_stdout=True)
     assert str(tmp_path) not in ps.stdout.decode()

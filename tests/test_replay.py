@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -21,7 +20,7 @@ from engine.archive.store import ArchiveStore
 from engine.redis import RedisClient
 from tests.archive_fixtures import archive_stack, wait_archived
 from tests.httpclient import get_json, request
-from tests.stack import running_stack, stop_process
+from tests.stack import running_stack, running_up
 from tests.wsclient import Raw, check_contiguous, collect_batches, connect
 
 pytest_plugins = ["tests.archive_fixtures"]
@@ -179,19 +178,8 @@ async def test_without_an_archive_replay_and_dashboards_answer_503(redis_url: st
 async def test_up_archives_and_replays_embedded(tmp_path: Any) -> None:
     """``danmaku up`` runs the archiver on the embedded engine; ``danmaku replay`` reads it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DANMAKU_")}
-    proc = await trio.lowlevel.open_process(
-        [*DANMAKU, "up", "--port", "0", "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )
-    assert proc.stdout is not None
-    try:
+    async with running_up(tmp_path, env, until=b"Try:") as (proc, text):
         with trio.fail_after(60):
-            banner = b""
-            while b"Try:" not in banner:
-                chunk = await proc.stdout.receive_some(4096)
-                assert chunk, banner
-                banner += chunk
-            text = banner.decode()
             assert "Archive    chdb:" in text, text
             http = re.search(r"(http://[\d.:]+)/v1/dispatch", text)
             assert http, text
@@ -225,7 +213,4 @@ async def test_up_archives_and_replays_embedded(tmp_path: Any) -> None:
             assert b"danmaku_archive_rows_total 3.0" in metrics
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
-        assert (tmp_path / "archive").is_dir()
-    finally:
-        await stop_process(proc)
-        await proc.stdout.aclose()
+    assert (tmp_path / "archive").is_dir()
