@@ -522,13 +522,17 @@ def test_replay_shows_archived_comments_on_time(
 
 
 def _check_replay(eng: EngineThread, pages: Pages) -> None:
-    offsets = {1500: "at one and a half", 3000: "at three seconds", 6000: "at six seconds"}
+    # The last comment, a minute in, makes the broadcast (the test pattern runs to the last
+    # offset + 5 s) long enough that playback is still running when the test pauses it, however
+    # slow the machine: with 6 s as the last offset it could end first, and the click played.
+    offsets = {1500: "at one and a half", 3000: "at three seconds", 6000: "at six seconds",
+               60_000: "a minute in"}
     for offset, text in offsets.items():
         post(eng, "vod", "streamer", text, offset_ms=offset)
-    poll(lambda: len(_replay_msgs(eng, "vod")) == 3, 30, "the three messages in the archive")
+    poll(lambda: len(_replay_msgs(eng, "vod")) == 4, 30, "the four messages in the archive")
 
     page = pages.open("/r/vod?replay=1", wait_state=None)
-    page.wait_for_function("() => window.__dm.replayLoaded === 3", timeout=WAIT_MS)
+    page.wait_for_function("() => window.__dm.replayLoaded === 4", timeout=WAIT_MS)
     assert page.is_visible("#timeline") and not page.is_visible("#send-form")
     page.wait_for_function("() => window.__dm.replayShown.length >= 2", timeout=WAIT_MS)
     shown = page.evaluate("window.__dm.replayShown")
